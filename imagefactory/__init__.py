@@ -1,0 +1,1 @@
+"""imagefactory: build container image families from recipe classes with buildah."""
