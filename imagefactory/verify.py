@@ -33,6 +33,8 @@ _DF_BIND_NOW = 0x8
 _DF_1_NOW = 0x1
 _DF_1_PIE = 0x08000000
 _PF_X = 0x1
+_ET_EXEC = 2
+_ET_DYN = 3
 _X86_IBT = 0x1
 _X86_SHSTK = 0x2
 _MAX_SYMLINKS = 40
@@ -138,6 +140,7 @@ class VerifyReport:
             "files": [f.to_dict() for f in self.files],
             "image_checks": [c.to_dict() for c in self.image_checks],
             "failures": [{"file": f, "check": c, "detail": d} for f, c, d in self.failures],
+            "warnings": [{"file": f, "check": c, "detail": d} for f, c, d in self.warnings],
         }
 
 
@@ -187,6 +190,21 @@ def _is_elf(host: Path) -> bool:
         return False
 
 
+def _is_linked_elf(host: Path) -> bool:
+    """ELF that is not a relocatable object or core dump; a truncated header still counts so it gets reported."""
+    try:
+        with host.open("rb") as fh:
+            header = fh.read(18)
+    except OSError:
+        return False
+    if header[:4] != b"\x7fELF":
+        return False
+    if len(header) < 18:
+        return True
+    e_type = int.from_bytes(header[16:18], "big" if header[5] == 2 else "little")
+    return e_type in (_ET_EXEC, _ET_DYN)
+
+
 def _elf_files(root: Path, prefix: str) -> list[tuple[str, Path]]:
     """(image path, host path) of each distinct ELF file under prefix; symlinks count as their target."""
     base = resolve_in_root(root, prefix)
@@ -197,7 +215,7 @@ def _elf_files(root: Path, prefix: str) -> list[tuple[str, Path]]:
         dirnames.sort()
         for name in sorted(filenames):
             host = resolve_in_root(root, _image_path(root, Path(dirpath, name)))
-            if host is None or not host.is_file() or not _is_elf(host):
+            if host is None or not host.is_file() or not _is_linked_elf(host):
                 continue
             st = host.stat()
             found.setdefault((st.st_dev, st.st_ino), (_image_path(root, host), host))
@@ -559,7 +577,7 @@ def verify_file(
     rel = image_path.lstrip("/")
     try:
         elf = read_elf(host, image_path)
-    except (ELFError, ValueError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - pyelftools raises assorted errors on corrupt files; report, don't crash
         return FileResult(
             rel, "invalid", profile, {"elf": CheckResult("elf", Status.FAIL, f"unreadable: {exc}")}
         )

@@ -359,3 +359,18 @@ def test_print_report_and_to_dict(make_root):
     assert data["ok"] is False
     assert data["files"][0]["checks"]["pie"]["status"] == "fail"
     assert {"file": APP, "check": "pie", "detail": _check(report, APP, "pie").detail} in data["failures"]
+
+
+def test_truncated_elf_is_reported_not_fatal(make_root, built):
+    root = make_root("hard")
+    (root / "usr/local/bin/broken").write_bytes(built["hard/app"].read_bytes()[:200])
+    report = verify_tree(root, profile="release")
+    broken = report.file("usr/local/bin/broken")
+    assert broken.kind == "invalid"
+    assert [(f, c) for f, c, _ in report.failures if f == broken.path] == [(broken.path, "elf")]
+
+
+def test_objects_do_not_need_a_profile(tmp_path, built):
+    _place(tmp_path, "/usr/local/lib/plain.o", built["plain.o"])
+    _manifest(tmp_path, [{"name": "a", "profile": "release"}, {"name": "b", "profile": "debug"}])
+    assert verify_tree(tmp_path).files == []
