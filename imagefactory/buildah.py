@@ -1,0 +1,418 @@
+"""The one place that spawns buildah.
+
+Every other module talks to images and containers through :class:`Buildah` and
+:class:`Container`. That keeps storage options (``--root``/``--runroot``/driver),
+isolation, logging and cancellation in one spot, and gives the rest of the code a
+seam to swap (a fake or another engine) without touching recipes or the planner.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import threading
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sh
+
+CONTAINER_PREFIX = "imagefactory-"
+TAIL_LINES = 40
+
+
+class BuildahError(RuntimeError):
+    """A buildah call failed; carries what a user needs to reproduce and fix it."""
+
+    def __init__(self, command: list[str], exit_code: int, stderr_tail: str, log_path: Path | None = None):
+        self.command = command
+        self.exit_code = exit_code
+        self.stderr_tail = stderr_tail
+        self.log_path = log_path
+        where = f" (log: {log_path})" if log_path else ""
+        super().__init__(
+            f"buildah exited {exit_code}: {' '.join(command)}{where}\n{stderr_tail}".rstrip()
+        )
+
+
+class Cancelled(RuntimeError):
+    """The build was interrupted (Ctrl-C / SIGTERM); raised instead of a buildah error."""
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    """Where buildah keeps images, and how it isolates RUN steps."""
+
+    root: str | None = None
+    runroot: str | None = None
+    driver: str | None = None
+    isolation: str = "chroot"
+
+    def global_args(self) -> list[str]:
+        args: list[str] = []
+        if self.root:
+            args += ["--root", self.root]
+        if self.runroot:
+            args += ["--runroot", self.runroot]
+        if self.driver:
+            args += ["--storage-driver", self.driver]
+        return args
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A bind or cache mount for a single RUN, never committed into the image."""
+
+    target: str
+    source: str | None = None
+    type: str = "bind"
+    readonly: bool = True
+
+    def arg(self) -> str:
+        parts = [f"type={self.type}"]
+        if self.source:
+            parts.append(f"source={self.source}")
+        parts.append(f"target={self.target}")
+        if self.readonly and self.type == "bind":
+            parts.append("ro")
+        return ",".join(parts)
+
+
+@dataclass
+class ImageRecord:
+    id: str
+    names: list[str]
+    size: int
+    created: str = ""
+
+
+@dataclass
+class _Counters:
+    """How many containers/commits this wrapper made: lets tests prove a no-op build starts none."""
+
+    containers_started: int = 0
+    commits: int = 0
+    runs: int = 0
+    calls: list[list[str]] = field(default_factory=list)
+
+
+class Buildah:
+    """Typed calls to the buildah CLI, all honouring one :class:`StorageOptions`."""
+
+    def __init__(self, storage: StorageOptions | None = None, binary: str = "buildah"):
+        self.storage = storage or StorageOptions()
+        self.binary = binary
+        self.counters = _Counters()
+        self._running: dict[int, sh.RunningCommand] = {}
+        self._lock = threading.Lock()
+        self._cancelled = threading.Event()
+
+    # -- process plumbing ---------------------------------------------------
+    def argv(self, *args: str) -> list[str]:
+        """The full command line for ``buildah ARGS`` (used by `plan` to show calls)."""
+        return [self.binary, *self.storage.global_args(), *args]
+
+    def _call(self, *args: str, log: Path | None = None, env: dict | None = None, cleanup: bool = False) -> str:
+        if self._cancelled.is_set() and not cleanup:
+            raise Cancelled("build cancelled")
+        argv = self.argv(*args)
+        with self._lock:
+            self.counters.calls.append(argv)
+        kwargs: dict = dict(_bg=True, _new_session=True, _env=env or _clean_env())
+        logf = None
+        if log is not None:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            logf = open(log, "ab", buffering=0)
+            logf.write(("$ " + " ".join(argv) + "\n").encode())
+            kwargs.update(_out=logf, _err_to_out=True)
+        try:
+            proc = sh.Command(argv[0])(*argv[1:], **kwargs)
+            with self._lock:
+                self._running[id(proc)] = proc
+            try:
+                proc.wait()
+            finally:
+                with self._lock:
+                    self._running.pop(id(proc), None)
+            return "" if log is not None else str(proc.stdout, "utf-8", "replace")
+        except sh.ErrorReturnCode as exc:
+            if self._cancelled.is_set() and not cleanup:
+                raise Cancelled("build cancelled") from None
+            if log is not None:
+                logf.flush()
+                tail = tail_of(log)
+            else:
+                tail = "\n".join(exc.stderr.decode("utf-8", "replace").splitlines()[-TAIL_LINES:])
+            raise BuildahError(argv, exc.exit_code, tail, log) from None
+        except sh.SignalException:
+            if self._cancelled.is_set():
+                raise Cancelled("build cancelled") from None
+            raise
+        finally:
+            if logf:
+                logf.close()
+
+    def cancel(self) -> None:
+        """Stop every running buildah process (whole process group) so callers can clean up."""
+        self._cancelled.set()
+        with self._lock:
+            running = list(self._running.values())
+        for proc in running:
+            for sig in (signal.SIGTERM,):
+                try:
+                    os.killpg(proc.pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+    def reset_cancel(self) -> None:
+        self._cancelled.clear()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    # -- images ---------------------------------------------------------------
+    def images(self) -> list[ImageRecord]:
+        out = self._call("images", "--json", "--no-trunc")
+        records = []
+        for item in json.loads(out or "[]") or []:
+            records.append(
+                ImageRecord(
+                    id=item["id"].removeprefix("sha256:"),
+                    names=list(item.get("names") or []),
+                    size=parse_size(str(item.get("size") or "0")),
+                    created=str(item.get("createdatraw") or ""),
+                )
+            )
+        return records
+
+    def image_index(self) -> dict[str, str]:
+        """name → image ID for every tagged image: one listing serves a whole plan."""
+        index: dict[str, str] = {}
+        for rec in self.images():
+            for name in rec.names:
+                index[name] = rec.id
+        return index
+
+    def inspect(self, ref: str, kind: str = "image") -> dict:
+        return json.loads(self._call("inspect", "--type", kind, ref))
+
+    def exists(self, ref: str) -> bool:
+        try:
+            self._call("inspect", "--type", "image", "--format", "{{.FromImageID}}", ref)
+            return True
+        except BuildahError:
+            return False
+
+    def tag(self, image: str, *names: str) -> None:
+        self._call("tag", image, *names)
+
+    def rmi(self, *images: str, force: bool = False) -> None:
+        if images:
+            self._call("rmi", *(["--force"] if force else []), *images)
+
+    def untag(self, name: str) -> None:
+        """Drop one name; the image stays if other names or children keep it."""
+        self._call("rmi", name)
+
+    def pull(self, ref: str, log: Path | None = None) -> str:
+        self._call("pull", "--quiet", ref, log=log)
+        return self.inspect(ref)["FromImageID"]
+
+    def push(self, image: str, destination: str, *, tls_verify: bool = True, log: Path | None = None) -> str:
+        """Push and return the manifest digest the registry now serves."""
+        digest_file = Path(_scratch_dir()) / f"digest-{uuid.uuid4().hex}"
+        try:
+            self._call(
+                "push", f"--tls-verify={'true' if tls_verify else 'false'}",
+                "--digestfile", str(digest_file), image, destination, log=log,
+            )
+            return digest_file.read_text().strip()
+        finally:
+            digest_file.unlink(missing_ok=True)
+
+    # -- containers -----------------------------------------------------------
+    def from_image(self, image: str, *, name_hint: str = "work") -> Container:
+        name = f"{CONTAINER_PREFIX}{_safe(name_hint)}-{uuid.uuid4().hex[:8]}"
+        self._call("from", "--quiet", "--pull=never", "--name", name, image)
+        with self._lock:
+            self.counters.containers_started += 1
+        return Container(self, name)
+
+    def from_scratch(self, *, name_hint: str = "scratch") -> Container:
+        name = f"{CONTAINER_PREFIX}{_safe(name_hint)}-{uuid.uuid4().hex[:8]}"
+        self._call("from", "--quiet", "--name", name, "scratch")
+        with self._lock:
+            self.counters.containers_started += 1
+        return Container(self, name)
+
+    @contextmanager
+    def working_container(self, image: str | None, *, name_hint: str = "work") -> Iterator[Container]:
+        """A container that is removed however the block ends (error, Ctrl-C, success)."""
+        ctr = self.from_image(image, name_hint=name_hint) if image else self.from_scratch(name_hint=name_hint)
+        try:
+            yield ctr
+        finally:
+            self.remove_container(ctr.name)
+
+    def containers(self) -> list[dict]:
+        out = self._call("containers", "--json", "--all")
+        return json.loads(out or "[]") or []
+
+    def remove_container(self, name: str) -> None:
+        """Remove even after a cancel: cleanup must never be skipped."""
+        try:
+            self._call("umount", name, cleanup=True)
+        except BuildahError:
+            pass
+        try:
+            self._call("rm", name, cleanup=True)
+        except BuildahError as exc:
+            if "does not exist" not in exc.stderr_tail and "no such" not in exc.stderr_tail.lower():
+                raise
+
+    def run(self, ctr: str, argv: list[str], *, env: dict[str, str] | None = None, user: str | None = None,
+            workdir: str | None = None, mounts: Iterable[Mount] = (), network: str | None = None,
+            log: Path | None = None) -> None:
+        self._call(*self.run_args(ctr, argv, env=env, user=user, workdir=workdir, mounts=mounts,
+                                  network=network), log=log)
+        with self._lock:
+            self.counters.runs += 1
+
+    def run_args(self, ctr: str, argv: list[str], *, env: dict[str, str] | None = None, user: str | None = None,
+                 workdir: str | None = None, mounts: Iterable[Mount] = (), network: str | None = None
+                 ) -> list[str]:
+        args = ["run", "--isolation", self.storage.isolation]
+        for key, value in sorted((env or {}).items()):
+            args += ["--env", f"{key}={value}"]
+        if user:
+            args += ["--user", user]
+        if workdir:
+            args += ["--workingdir", workdir]
+        if network:
+            args += ["--network", network]
+        for mount in mounts:
+            args += ["--mount", mount.arg()]
+        return [*args, ctr, "--", *argv]
+
+    def copy(self, ctr: str, sources: list[str], dest: str, *, chown: str | None = None,
+             chmod: str | None = None, from_image: str | None = None, log: Path | None = None) -> None:
+        self._call(*self.copy_args(ctr, sources, dest, chown=chown, chmod=chmod, from_image=from_image),
+                   log=log)
+
+    @staticmethod
+    def copy_args(ctr: str, sources: list[str], dest: str, *, chown: str | None = None,
+                  chmod: str | None = None, from_image: str | None = None) -> list[str]:
+        args = ["copy", "--quiet"]
+        if chown:
+            args += ["--chown", chown]
+        if chmod:
+            args += ["--chmod", chmod]
+        if from_image:
+            args += ["--from", from_image]
+        return [*args, ctr, *sources, dest]
+
+    def config(self, ctr: str, args: list[str]) -> None:
+        if args:
+            self._call("config", *args, ctr)
+
+    def mount(self, ctr: str) -> Path:
+        return Path(self._call("mount", ctr).strip())
+
+    def umount(self, ctr: str) -> None:
+        self._call("umount", ctr)
+
+    @contextmanager
+    def mounted_image(self, image: str) -> Iterator[Path]:
+        """Read an image's files without running anything in it (verify, SBOM)."""
+        with self.working_container(image, name_hint="inspect") as ctr:
+            yield ctr.mount()
+
+    def commit(self, ctr: str, name: str | None = None, *, squash: bool = False,
+               timestamp: int | None = None, image_format: str = "oci", log: Path | None = None) -> str:
+        iid = Path(_scratch_dir()) / f"iid-{uuid.uuid4().hex}"
+        args = ["commit", "--quiet", "--format", image_format, "--iidfile", str(iid)]
+        if squash:
+            args.append("--squash")
+        if timestamp is not None:
+            args += ["--timestamp", str(timestamp)]
+        args.append(ctr)
+        if name:
+            args.append(name)
+        try:
+            self._call(*args, log=log)
+            with self._lock:
+                self.counters.commits += 1
+            return iid.read_text().strip().removeprefix("sha256:")
+        finally:
+            iid.unlink(missing_ok=True)
+
+    def version(self) -> str:
+        return self._call("version", "--json")
+
+
+class Container:
+    """A working container; thin sugar over :class:`Buildah` calls that name it."""
+
+    def __init__(self, buildah: Buildah, name: str):
+        self.buildah = buildah
+        self.name = name
+
+    def run(self, argv: list[str], **kw) -> None:
+        self.buildah.run(self.name, argv, **kw)
+
+    def copy(self, sources: list[str], dest: str, **kw) -> None:
+        self.buildah.copy(self.name, sources, dest, **kw)
+
+    def config(self, args: list[str]) -> None:
+        self.buildah.config(self.name, args)
+
+    def mount(self) -> Path:
+        return self.buildah.mount(self.name)
+
+    def umount(self) -> None:
+        self.buildah.umount(self.name)
+
+    def commit(self, name: str | None = None, **kw) -> str:
+        return self.buildah.commit(self.name, name, **kw)
+
+    def inspect(self) -> dict:
+        return self.buildah.inspect(self.name, kind="container")
+
+
+def tail_of(path: Path, lines: int = TAIL_LINES) -> str:
+    try:
+        data = path.read_bytes()[-64_000:]
+    except OSError:
+        return ""
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+_UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12}
+
+
+def parse_size(text: str) -> int:
+    """buildah prints sizes as decimal human strings ("1.99 MB"); turn them back into bytes."""
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([kKMGT]?B)\s*", text)
+    if not m:
+        return int(float(text)) if text.replace(".", "", 1).isdigit() else 0
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def _clean_env() -> dict[str, str]:
+    """buildah itself needs PATH/HOME/TMPDIR; steps get only what the recipe sets."""
+    keep = ("PATH", "HOME", "TMPDIR", "LANG", "XDG_RUNTIME_DIR", "CONTAINERS_CONF",
+            "CONTAINERS_STORAGE_CONF", "CONTAINERS_REGISTRIES_CONF", "REGISTRY_AUTH_FILE", "BUILDAH_LAYERS")
+    return {k: v for k, v in os.environ.items() if k in keep}
+
+
+def _scratch_dir() -> str:
+    return os.environ.get("TMPDIR", "/tmp")
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)[:40]

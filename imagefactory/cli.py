@@ -1,0 +1,137 @@
+"""`python -m imagefactory`: parse arguments, then run a short pipeline of plain functions.
+
+Each subcommand is a function ``(args, settings) -> exit code`` registered with
+:func:`command`. Commands that touch images accept the storage options; every
+command can write a machine-readable ``--report FILE.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from . import config as config_mod
+from .buildah import Buildah, BuildahError, Cancelled
+from .config import ConfigError, Settings
+from .recipe import RecipeError, load_recipes
+
+console = Console()
+err_console = Console(stderr=True)
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+_COMMANDS: dict[str, tuple[Handler, Callable[[argparse.ArgumentParser], None], str]] = {}
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def command(name: str, help: str, args: Callable[[argparse.ArgumentParser], None] = lambda p: None):
+    """Register a subcommand; modules outside cli.py may register their own too."""
+
+    def deco(fn: Handler) -> Handler:
+        _COMMANDS[name] = (fn, args, help)
+        return fn
+
+    return deco
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("storage and settings")
+    g.add_argument("--root", help="buildah storage root (private stores for tests/CI)")
+    g.add_argument("--runroot", help="buildah run root matching --root")
+    g.add_argument("--storage-driver", dest="storage_driver", help="e.g. overlay, vfs")
+    g.add_argument("--isolation", help="chroot (default), oci, rootless")
+    g.add_argument("--platform", help="debian (default) or ubi9")
+    g.add_argument("--config", help="settings file (default: ./imagefactory.yaml)")
+    g.add_argument("--set", dest="set_values", action="append", default=[], metavar="KEY=VALUE",
+                   help="recipe value, e.g. s4.context=PATH (repeatable)")
+    g.add_argument("--report", help="write a JSON report of this command to FILE")
+    g.add_argument("-v", "--verbose", action="store_true", help="show every step, cached ones too")
+
+
+def parser() -> argparse.ArgumentParser:
+    _load_command_modules()
+    p = argparse.ArgumentParser(prog="imagefactory", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_fn, add_args, help_text) in sorted(_COMMANDS.items()):
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        add_args(sp)
+        _common(sp)
+    return p
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    overrides = {k: getattr(args, k, None) for k in
+                 ("root", "runroot", "storage_driver", "isolation", "platform", "jobs")}
+    if getattr(args, "no_cache", False):
+        overrides["no_cache"] = True
+    values = {}
+    for item in getattr(args, "set_values", []) or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        values[k] = v
+    if values:
+        overrides["values"] = values
+    return config_mod.load(getattr(args, "config", None), overrides=overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    if not args.command:
+        p.print_help()
+        return EXIT_USAGE
+    handler = _COMMANDS[args.command][0]
+    started = time.monotonic()
+    try:
+        settings = settings_from(args)
+        load_recipes(settings.recipe_paths)
+        code = handler(args, settings)
+    except (ConfigError, RecipeError) as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        code = EXIT_USAGE
+    except (KeyboardInterrupt, Cancelled):
+        err_console.print("[yellow]interrupted; working containers removed[/]")
+        code = EXIT_INTERRUPTED
+    except BuildahError as exc:
+        err_console.print(f"[bold red]buildah failed[/] (exit {exc.exit_code}): {' '.join(exc.command)}",
+                          highlight=False)
+        err_console.print(exc.stderr_tail, highlight=False, markup=False)
+        code = EXIT_FAIL
+    report = getattr(args, "_report_data", None)
+    if args.report:
+        data = {"command": args.command, "exit_code": code, "seconds": round(time.monotonic() - started, 3)}
+        data.update(report or {})
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(json.dumps(data, indent=2, default=str))
+    return code
+
+
+def _load_command_modules() -> None:
+    """Import the modules that register their own subcommands."""
+    from . import commands  # noqa: F401
+
+
+# -- shared helpers for command modules ---------------------------------------
+def buildah_for(settings: Settings) -> Buildah:
+    return Buildah(settings.storage)
+
+
+def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*[str(x) for x in r])
+    console.print(table)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""Subcommands, one module per area; each registers itself with ``cli.command``."""
+
+import importlib
+import pkgutil
+
+for _mod in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_mod.name}")

@@ -1,0 +1,325 @@
+"""Core subcommands: list, plan, build, images, clean, cache, doctor."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import time
+from pathlib import Path
+
+from ..buildah import CONTAINER_PREFIX, BuildahError, Mount
+from ..cli import EXIT_FAIL, EXIT_OK, buildah_for, command, console, err_console, print_table
+from ..config import Settings
+from ..execute import BuildFailed, Executor
+from ..plan import CACHE_REPO, FileDigests, build_plan, cache_ref, group_steps, render_steps, step_key
+from ..platforms import host_debian_mirror
+from ..recipe import REGISTRY
+from ..ui import RichReporter, human_size
+
+
+def _targets(p: argparse.ArgumentParser) -> None:
+    p.add_argument("targets", nargs="+", metavar="TARGET", help="target names (see `list`)")
+
+
+@command("list", "targets with their parents and descriptions")
+def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    from ..plan import resolve_parent
+    from ..platforms import get_platform
+
+    platform = get_platform(settings.platform)
+    rows = []
+    data = []
+    for cls in REGISTRY.targets():
+        parent = resolve_parent(cls, platform)
+        pname = parent.name if isinstance(parent, type) else (parent or "scratch")
+        stages = ", ".join(f"{k}={v.name}" for k, v in (cls.stages or {}).items())
+        rows.append([cls.target_name(), cls.name, pname, stages, cls.description()])
+        data.append({"target": cls.target_name(), "image": cls.name, "parent": pname,
+                     "stages": {k: v.name for k, v in (cls.stages or {}).items()},
+                     "description": cls.description()})
+    print_table("targets", ["target", "image", "parent", "stages", "description"], rows)
+    args._report_data = {"targets": data}
+    return EXIT_OK
+
+
+def _plan_args(p: argparse.ArgumentParser) -> None:
+    _targets(p)
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--no-cache", action="store_true", help="plan as if nothing were cached")
+    p.add_argument("--offline", action="store_true", help="do not read the image store (no cache status)")
+
+
+@command("plan", "print every step, its cache status and the buildah calls, without building", _plan_args)
+def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
+    data = describe_plan(args.targets, settings, read_store=not args.offline)
+    args._report_data = {"plan": data}
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return EXIT_OK
+    for img in data:
+        console.print(f"[bold]{img['image']}[/] FROM {img['parent']}  "
+                      f"({'squash' if img['squash'] else 'layers'}, {img['format']})")
+        for st in img["steps"]:
+            colour = {"hit": "green", "miss": "yellow", "pending": "magenta"}[st["status"]]
+            console.print(f"  {st['index']:>2} [{colour}]{st['status']:<7}[/] {st['kind']:<9} {st['summary']}",
+                          highlight=False)
+            for call in st["calls"]:
+                console.print(f"       $ {call}", highlight=False, markup=False)
+    return EXIT_OK
+
+
+def describe_plan(targets: list[str], settings: Settings, read_store: bool = True) -> list[dict]:
+    """Plan as data: per image, per step: status (hit/miss/pending), key and the calls it makes."""
+    from ..buildah import Buildah
+    from ..execute import HOST_CA_ENV, HOST_CA_TARGET
+    from ..steps import ConfigCall, CopyCall, HostCall, RunCall
+
+    plan = build_plan(targets, settings)
+    bd = Buildah(settings.storage)
+    index = bd.image_index() if read_store else {}
+    digests = FileDigests()
+    ids: dict[str, str] = {}
+    out = []
+    for node in plan.nodes:
+        parent = node.parent
+        if isinstance(parent, type):
+            chain = ids.get(parent.name)
+            pname = parent.name
+        else:
+            chain = index.get(parent) if isinstance(parent, str) else "scratch"
+            pname = parent or "scratch"
+        rendered = render_steps(node, plan, ids, digests)
+        groups, trailing = group_steps(rendered)
+        steps = []
+        i = 0
+        alive = chain is not None
+        for group in groups:
+            key = chain or "pending"
+            for _, r in group:
+                key = step_key(key, r)
+            hit = alive and not settings.no_cache and cache_ref(key) in index and not any(r.pending for _, r in group)
+            for step, r in group:
+                i += 1
+                calls = []
+                for c in r.calls:
+                    if isinstance(c, RunCall):
+                        env = dict(c.env)
+                        mounts = list(c.mounts)
+                        if settings.trust_host_ca:
+                            env.update({k: HOST_CA_TARGET for k in HOST_CA_ENV})
+                            mounts.append(Mount(target=HOST_CA_TARGET, source=settings.host_ca_bundle))
+                        calls.append(shlex.join(bd.argv(*bd.run_args("$CTR", list(c.argv), env=env, user=c.user,
+                                                                  workdir=c.workdir, mounts=mounts,
+                                                                  network=c.network))))
+                    elif isinstance(c, CopyCall):
+                        calls.append(shlex.join(bd.argv(*bd.copy_args("$CTR", list(c.sources), c.dest, chown=c.chown,
+                                                                    chmod=c.chmod, from_image=c.from_label
+                                                                    and f"{c.from_label}" or None))))
+                    elif isinstance(c, ConfigCall):
+                        calls.append(shlex.join(bd.argv("config", *c.args, "$CTR")))
+                    elif isinstance(c, HostCall):
+                        calls.append(c.description)
+                status = "pending" if (not alive or r.pending) and not hit else ("hit" if hit else "miss")
+                steps.append({"index": i, "kind": r.kind, "summary": r.summary, "status": status,
+                              "key": key if alive else None, "calls": calls})
+            if hit:
+                chain = index[cache_ref(key)]
+            else:
+                alive = False
+        for _, r in trailing:
+            i += 1
+            steps.append({"index": i, "kind": r.kind, "summary": r.summary, "status": "miss" if alive else "pending",
+                          "key": None, "calls": [shlex.join(bd.argv("config", *c.args, "$CTR")) for c in r.calls]})
+        ref = node.recipe.image_ref()
+        final_status = "hit" if alive and ref in index else ("miss" if alive else "pending")
+        steps.append({"index": i + 1, "kind": "final", "summary": f"commit {ref}", "status": final_status,
+                      "key": None, "calls": [shlex.join(bd.argv("commit", *(["--squash"] if node.squash else []),
+                                                              "$CTR", ref))]})
+        if final_status == "hit":
+            ids[node.name] = index[ref]
+        out.append({"image": node.name, "target": node.recipe.target_name(), "parent": pname,
+                    "squash": node.squash, "format": "oci", "platform": plan.platform.name,
+                    "deps": [d.name for d in node.deps], "steps": steps})
+    return out
+
+
+def _build_args(p: argparse.ArgumentParser) -> None:
+    _targets(p)
+    p.add_argument("--jobs", "-j", type=int, help="images built concurrently (default 2)")
+    p.add_argument("--no-cache", action="store_true", help="run every step; refresh the cache entries")
+
+
+@command("build", "build targets (and their parents) step by step with the cache", _build_args)
+def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
+    report, code = run_build(args.targets, settings, verbose=args.verbose)
+    args._report_data = report
+    return code
+
+
+def run_build(targets: list[str], settings: Settings, verbose: bool = False) -> tuple[dict, int]:
+    plan = build_plan(targets, settings)
+    reporter = RichReporter(err_console, verbose=verbose)
+    executor = Executor(settings, buildah_for(settings), reporter)
+    try:
+        result = executor.execute(plan)
+    except BuildFailed as exc:
+        reporter.close()
+        return {"ok": False, "failed": {"image": exc.image, "step": exc.step_no, "summary": exc.step,
+                                        "command": exc.command, "log": str(exc.log) if exc.log else None}}, EXIT_FAIL
+    finally:
+        reporter.close()
+    data = result.to_dict()
+    return data, EXIT_OK if result.ok else EXIT_FAIL
+
+
+@command("images", "images this tool built: ID, size, age")
+def cmd_images(args: argparse.Namespace, settings: Settings) -> int:
+    bd = buildah_for(settings)
+    records = {r.id: r for r in bd.images()}
+    index = {n: r.id for r in records.values() for n in r.names}
+    rows, data = [], []
+    for cls in REGISTRY:
+        ref = cls.image_ref()
+        if ref not in index:
+            continue
+        rec = records[index[ref]]
+        age = _age(rec.created)
+        rows.append([cls.target_name() if not cls.hidden else "(base)", ref, rec.id[:12], human_size(rec.size), age])
+        data.append({"target": cls.target_name(), "ref": ref, "image_id": rec.id, "size": rec.size,
+                     "created": rec.created})
+    cache = [r for r in records.values() if any(n.startswith(CACHE_REPO + ":") for n in r.names)]
+    print_table("images", ["target", "image", "ID", "size", "age"], rows)
+    console.print(f"{len(cache)} cache entries")
+    args._report_data = {"images": data, "cache_entries": len(cache)}
+    return EXIT_OK
+
+
+def _age(created: str) -> str:
+    import datetime as dt
+
+    try:
+        ts = dt.datetime.fromisoformat(created.replace("Z", "+00:00")[:26] + "+00:00" if "+" not in created
+                                       else created)
+        secs = time.time() - ts.timestamp()
+    except ValueError:
+        return created
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= n:
+            return f"{secs / n:.0f}{unit} ago"
+    return f"{secs:.0f}s ago"
+
+
+def _clean_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dry-run", action="store_true")
+
+
+@command("clean", "remove leftover working containers and dangling images", _clean_args)
+def cmd_clean(args: argparse.Namespace, settings: Settings) -> int:
+    bd = buildah_for(settings)
+    removed = []
+    for ctr in bd.containers():
+        name = ctr.get("containername") or ctr.get("ContainerName") or ""
+        if name.startswith(CONTAINER_PREFIX):
+            removed.append(name)
+            if not args.dry_run:
+                bd.remove_container(name)
+    dangling = [r.id for r in bd.images() if not r.names]
+    if dangling and not args.dry_run:
+        for iid in dangling:
+            try:
+                bd.rmi(iid)
+            except BuildahError:
+                pass  # still used by a child image
+    console.print(f"{len(removed)} working container(s), {len(dangling)} dangling image(s) "
+                  f"{'would be ' if args.dry_run else ''}removed")
+    args._report_data = {"containers": removed, "dangling_images": dangling}
+    return EXIT_OK
+
+
+def _cache_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["prune", "list"])
+    p.add_argument("--all", action="store_true", help="prune every cache entry, not only unreachable ones")
+    p.add_argument("--keep", nargs="*", default=None, metavar="TARGET",
+                   help="targets whose current cache entries survive (default: all targets)")
+
+
+@command("cache", "list or prune step-cache entries", _cache_args)
+def cmd_cache(args: argparse.Namespace, settings: Settings) -> int:
+    bd = buildah_for(settings)
+    entries = {n: r.id for r in bd.images() for n in r.names if n.startswith(CACHE_REPO + ":")}
+    if args.action == "list":
+        print_table("cache", ["entry", "image"], [[n, i[:12]] for n, i in sorted(entries.items())])
+        args._report_data = {"entries": len(entries)}
+        return EXIT_OK
+    keep: set[str] = set()
+    if not args.all:
+        targets = args.keep if args.keep else [c.target_name() for c in REGISTRY.targets()]
+        for img in describe_plan(targets, settings):
+            keep.update(cache_ref(s["key"]) for s in img["steps"] if s["key"] and s["status"] == "hit")
+    doomed = sorted(n for n in entries if n not in keep)
+    for name in doomed:
+        try:
+            bd.untag(name)
+        except BuildahError as exc:
+            err_console.print(f"could not remove {name}: {exc.stderr_tail}")
+    for r in bd.images():
+        if not r.names:
+            try:
+                bd.rmi(r.id)
+            except BuildahError:
+                pass
+    console.print(f"pruned {len(doomed)} of {len(entries)} cache entries")
+    args._report_data = {"pruned": len(doomed), "kept": len(entries) - len(doomed)}
+    return EXIT_OK
+
+
+@command("doctor", "check buildah, storage, isolation, mirror, cosign; say how to fix each")
+def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
+    checks = doctor_checks(settings)
+    rows = [["✓" if ok else "✗", name, detail, "" if ok else fix] for name, ok, detail, fix in checks]
+    print_table("doctor", ["", "check", "found", "how to fix"], rows)
+    args._report_data = {"checks": [dict(zip(("name", "ok", "detail", "fix"), c)) for c in checks]}
+    required = {"buildah", "storage", "isolation", "debian mirror"}
+    return EXIT_OK if all(ok for name, ok, _, _ in checks if name in required) else EXIT_FAIL
+
+
+def doctor_checks(settings: Settings) -> list[tuple[str, bool, str, str]]:
+    out: list[tuple[str, bool, str, str]] = []
+    bd = buildah_for(settings)
+    have = shutil.which("buildah")
+    if not have:
+        out.append(("buildah", False, "not found", "run ci/setup (apt-get install buildah)"))
+        return out
+    try:
+        info = json.loads(bd.version())
+        out.append(("buildah", True, info.get("version", "?"), ""))
+    except (BuildahError, ValueError) as exc:
+        out.append(("buildah", False, str(exc)[:200], "run ci/setup"))
+    try:
+        bd.images()
+        out.append(("storage", True, f"root={settings.root or 'default'} driver={settings.storage_driver or 'default'}",
+                    ""))
+    except BuildahError as exc:
+        out.append(("storage", False, exc.stderr_tail[-200:], "check --root/--runroot and storage.conf"))
+    try:
+        with bd.working_container(None, name_hint="doctor") as ctr:
+            ctr.inspect()
+        out.append(("isolation", True, settings.isolation, ""))
+    except BuildahError as exc:
+        out.append(("isolation", False, exc.stderr_tail[-200:],
+                    "use --isolation chroot (works without cgroups) or install runc for oci"))
+    mirror = settings.debian_mirror or host_debian_mirror()
+    out.append(("debian mirror", bool(mirror), mirror or "none",
+                "set debian_mirror in imagefactory.yaml or IMAGEFACTORY_DEBIAN_MIRROR"))
+    out.append(("debootstrap", bool(shutil.which("debootstrap")), shutil.which("debootstrap") or "not found",
+                "apt-get install debootstrap"))
+    cosign = shutil.which("cosign")
+    out.append(("cosign", bool(cosign), cosign or "not found", "run ci/setup (installs cosign from trixie)"))
+    mirrors = settings.source_mirrors
+    out.append(("source mirrors", True, ", ".join(mirrors) or "none (upstream only)", ""))
+    cache = Path(settings.source_cache)
+    out.append(("source cache", True, f"{cache} ({len(list(cache.glob('*')))} files)" if cache.is_dir()
+                else f"{cache} (empty)", ""))
+    return out

@@ -1,0 +1,458 @@
+"""Run a plan: cache lookups, working containers, commits, tags, parallel images, cleanup.
+
+The executor is the only caller of the buildah wrapper during a build. A no-op
+rebuild costs one listing of the store plus hashing the inputs: every step's key
+is found among the cache tags and no container is started.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import sh
+
+from .buildah import Buildah, BuildahError, Cancelled, Container, ImageRecord, Mount, tail_of
+from .config import Settings
+from .plan import FileDigests, Node, Plan, cache_ref, group_steps, oci_labels, render_steps, step_key
+from .steps import ConfigCall, CopyCall, HostCall, Rendered, RunCall, Step
+
+HOST_CA_TARGET = "/run/imagefactory/host-ca.crt"
+HOST_CA_ENV = ("SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS", "PIP_CERT", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+               "GIT_SSL_CAINFO")
+
+
+class BuildFailed(RuntimeError):
+    """A step failed. Carries the image, step, command and log tail for the user."""
+
+    def __init__(self, image: str, step_no: int, step: str, command: str, tail: str, log: Path | None):
+        self.image, self.step_no, self.step, self.command, self.tail, self.log = (
+            image, step_no, step, command, tail, log)
+        super().__init__(f"{image}: step {step_no} ({step}) failed")
+
+
+@dataclass
+class StepRecord:
+    index: int
+    kind: str
+    summary: str
+    key: str
+    status: str  # hit | run | final-hit | final
+    seconds: float = 0.0
+
+
+@dataclass
+class ImageResult:
+    name: str
+    target: str
+    ref: str
+    image_id: str = ""
+    size: int = 0
+    seconds: float = 0.0
+    hits: int = 0
+    misses: int = 0
+    status: str = "pending"  # built | cached | failed | skipped
+    size_budget_mb: float | None = None
+    steps: list[StepRecord] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def over_budget(self) -> bool:
+        return bool(self.size_budget_mb) and self.size > self.size_budget_mb * 1_000_000
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["over_budget"] = self.over_budget
+        return d
+
+
+@dataclass
+class BuildReport:
+    results: list[ImageResult]
+    seconds: float
+    containers_started: int
+    commits: int
+    log_dir: str
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status in ("built", "cached") for r in self.results)
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "seconds": round(self.seconds, 3), "containers_started": self.containers_started,
+                "commits": self.commits, "log_dir": self.log_dir,
+                "images": [r.to_dict() for r in self.results]}
+
+
+class NullReporter:
+    """Reporter interface; the rich UI implements the same methods."""
+
+    def start(self, plan: Plan) -> None: ...
+    def image_started(self, node: Node, total_steps: int) -> None: ...
+    def step(self, node: Node, record: StepRecord, total: int, running: bool) -> None: ...
+    def image_done(self, result: ImageResult) -> None: ...
+    def failed(self, error: BuildFailed) -> None: ...
+    def finish(self, report: BuildReport) -> None: ...
+
+
+class Executor:
+    def __init__(self, settings: Settings, buildah: Buildah | None = None, reporter: NullReporter | None = None):
+        self.settings = settings
+        self.buildah = buildah or Buildah(settings.storage)
+        self.reporter = reporter or NullReporter()
+        self.digests = FileDigests(settings.state_path() / "file-digests.json")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.log_root = Path(settings.log_dir) / f"{stamp}-{os.getpid()}"
+        self._index: dict[str, str] = {}
+        self._records: dict[str, ImageRecord] = {}
+        self._image_ids: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._revision: str | None = None
+        self._source: str | None = None
+
+    # -- public ---------------------------------------------------------------
+    def execute(self, plan: Plan) -> BuildReport:
+        started = time.monotonic()
+        with _store_lock(self.settings), _sigterm_as_interrupt():
+            self._load_index()
+            self._revision, self._source = _git_facts(plan)
+            self.reporter.start(plan)
+            results = {n.name: ImageResult(n.name, n.recipe.target_name(), n.recipe.image_ref(),
+                                           size_budget_mb=n.recipe.size_budget_mb) for n in plan.nodes}
+            try:
+                self._run_graph(plan, results)
+            finally:
+                self.digests.save()
+            self._fill_sizes(results)
+        report = BuildReport(list(results.values()), time.monotonic() - started,
+                             self.buildah.counters.containers_started, self.buildah.counters.commits,
+                             str(self.log_root))
+        self._save_report(report)
+        self.reporter.finish(report)
+        return report
+
+    # -- scheduling -----------------------------------------------------------
+    def _run_graph(self, plan: Plan, results: dict[str, ImageResult]) -> None:
+        pending = list(plan.nodes)
+        done: set[str] = set()
+        failed: BuildFailed | Exception | None = None
+        running: dict[Future, Node] = {}
+        with ThreadPoolExecutor(max_workers=max(1, self.settings.jobs)) as pool:
+            try:
+                while pending or running:
+                    if failed is None:
+                        for node in [n for n in pending if all(d.name in done for d in n.deps)]:
+                            if len(running) >= max(1, self.settings.jobs):
+                                break
+                            pending.remove(node)
+                            running[pool.submit(self._build_node, plan, node, results[node.name])] = node
+                    if not running:
+                        break
+                    finished, _ = wait(list(running), return_when=FIRST_COMPLETED, timeout=0.5)
+                    for fut in finished:
+                        node = running.pop(fut)
+                        exc = fut.exception()
+                        if exc is None:
+                            done.add(node.name)
+                        else:
+                            results[node.name].status = "failed"
+                            results[node.name].error = str(exc)
+                            failed = failed or exc
+                            if isinstance(exc, BuildFailed):
+                                self.reporter.failed(exc)
+            except KeyboardInterrupt:
+                self.buildah.cancel()
+                for fut in running:
+                    fut.cancel()
+                wait(list(running))
+                raise
+        for node in pending:
+            results[node.name].status = "skipped"
+        if failed is not None:
+            raise failed
+
+    # -- one image ------------------------------------------------------------
+    def _build_node(self, plan: Plan, node: Node, result: ImageResult) -> None:
+        started = time.monotonic()
+        parent_id = self._parent_image_id(node)
+        with self._lock:
+            ids = dict(self._image_ids)
+        rendered = render_steps(node, plan, ids, self.digests)
+        groups, trailing = group_steps(rendered)
+        image_format = "docker" if self._needs_docker(plan, node) else "oci"
+        total = len(rendered) + 1
+        self.reporter.image_started(node, total)
+        current = parent_id
+        chain = parent_id or "scratch"
+        index = 0
+        gi = 0
+        # cache walk: no buildah calls at all while everything hits
+        for gi, group in enumerate(groups):
+            key = _group_key(chain, group)
+            hit = None if self.settings.no_cache else self._lookup(key)
+            if hit is None:
+                break
+            for step, r in group:
+                index += 1
+                rec = StepRecord(index, r.kind, r.summary, key, "hit")
+                result.steps.append(rec)
+                result.hits += 1
+                self.reporter.step(node, rec, total, running=False)
+            current = chain = hit
+        else:
+            gi = len(groups)
+        for group in groups[gi:]:
+            key = _group_key(chain, group)
+            t0 = time.monotonic()
+            with self._container(current, node) as ctr:
+                for step, r in group:
+                    index += 1
+                    rec = StepRecord(index, r.kind, r.summary, key, "run")
+                    self.reporter.step(node, rec, total, running=True)
+                    s0 = time.monotonic()
+                    self._apply(node, index, step, r, ctr)
+                    rec.seconds = time.monotonic() - s0
+                    result.steps.append(rec)
+                    result.misses += 1
+                    self.reporter.step(node, rec, total, running=False)
+                new_id = self._commit(ctr, node, index, None, squash=False, image_format=image_format)
+            self._tag_cache(new_id, key)
+            result.steps[-1].seconds = time.monotonic() - t0 if len(group) == 1 else result.steps[-1].seconds
+            current = chain = new_id
+        # final image: labels + trailing config, squashed for leaves
+        labels = oci_labels(node.recipe, self.settings, revision=self._revision, source=self._source)
+        label_args = [a for k, v in sorted(labels.items()) for a in ("--label", f"{k}={v}")]
+        keyed_labels = [a for a in label_args if self.settings.source_date_epoch is not None
+                        or not a.startswith("org.opencontainers.image.created=")]
+        final_calls = [c for _, r in trailing for c in r.calls]
+        final = Rendered("final", f"commit {node.recipe.image_ref()}" + (" (squashed)" if node.squash else ""),
+                         [*final_calls, ConfigCall(tuple(keyed_labels))],
+                         [f"squash={node.squash}", f"format={image_format}",
+                          f"timestamp={self.settings.source_date_epoch}"])
+        final_key = step_key(chain, final)
+        hit = None if self.settings.no_cache else self._lookup(final_key)
+        index += len(trailing) + 1
+        rec = StepRecord(index, "final", final.summary, final_key, "final-hit" if hit else "final")
+        if hit:
+            final_id = hit
+            result.hits += 1
+        else:
+            self.reporter.step(node, rec, total, running=True)
+            s0 = time.monotonic()
+            with self._container(current, node) as ctr:
+                for call in final_calls:
+                    self._call(node, index, "config", call, ctr, None)
+                ctr.config(label_args)
+                final_id = self._commit(ctr, node, index, None, squash=node.squash, image_format=image_format,
+                                        final=True)
+            self._tag_cache(final_id, final_key)
+            rec.seconds = time.monotonic() - s0
+            result.misses += 1
+        result.steps.append(rec)
+        self.reporter.step(node, rec, total, running=False)
+        ref = node.recipe.image_ref()
+        if self._index.get(ref) != final_id:
+            self.buildah.tag(final_id, ref)
+            with self._lock:
+                self._index[ref] = final_id
+        with self._lock:
+            self._image_ids[node.name] = final_id
+        result.image_id = final_id
+        result.seconds = time.monotonic() - started
+        result.status = "built" if result.misses else "cached"
+        self.reporter.image_done(result)
+
+    def _apply(self, node: Node, index: int, step: Step, rendered: Rendered, ctr: Container) -> None:
+        log = self.log_root / node.name / f"{index:02d}-{rendered.kind}.log"
+        for call in rendered.calls:
+            self._call(node, index, rendered.summary, call, ctr, log)
+
+    def _call(self, node: Node, index: int, summary: str, call, ctr: Container, log: Path | None) -> None:
+        try:
+            if isinstance(call, RunCall):
+                env = dict(call.env)
+                mounts = list(call.mounts)
+                if self._host_ca():
+                    mounts.append(Mount(target=HOST_CA_TARGET, source=self._host_ca()))
+                    env.update({k: HOST_CA_TARGET for k in HOST_CA_ENV})
+                ctr.run(list(call.argv), env=env, user=call.user, workdir=call.workdir, mounts=mounts,
+                        network=call.network, log=log)
+            elif isinstance(call, CopyCall):
+                ctr.copy(list(call.sources), call.dest, chown=call.chown, chmod=call.chmod,
+                         from_image=call.from_image, log=log)
+            elif isinstance(call, ConfigCall):
+                ctr.config(list(call.args))
+            elif isinstance(call, HostCall):
+                log = log or self.log_root / node.name / f"{index:02d}-host.log"
+                log.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    call.action(ctr, log)
+                except sh.ErrorReturnCode as exc:
+                    raise BuildahError([call.description], exc.exit_code, tail_of(log), log) from None
+            else:  # pragma: no cover
+                raise TypeError(call)
+        except BuildahError as exc:
+            shown = " ".join(exc.command) if not isinstance(call, RunCall) else " ".join(call.argv)
+            raise BuildFailed(node.name, index, summary, shown, exc.stderr_tail or tail_of(log or Path("/")),
+                              exc.log_path or log) from None
+
+    def _host_ca(self) -> str | None:
+        path = self.settings.host_ca_bundle
+        return path if self.settings.trust_host_ca and path and Path(path).is_file() else None
+
+    @contextmanager
+    def _container(self, image: str | None, node: Node):
+        with self.buildah.working_container(image, name_hint=node.name) as ctr:
+            yield ctr
+
+    def _commit(self, ctr: Container, node: Node, index: int, name: str | None, *, squash: bool,
+                image_format: str, final: bool = False) -> str:
+        sde = self.settings.source_date_epoch
+        timestamp = sde if sde is not None else (None if final else 0)
+        try:
+            return ctr.commit(name, squash=squash, timestamp=timestamp, image_format=image_format)
+        except BuildahError as exc:
+            raise BuildFailed(node.name, index, "commit", " ".join(exc.command), exc.stderr_tail, None) from None
+
+    # -- cache index ------------------------------------------------------------
+    def _load_index(self) -> None:
+        records = self.buildah.images()
+        for rec in records:
+            self._records[rec.id] = rec
+            for name in rec.names:
+                self._index[name] = rec.id
+
+    def _lookup(self, key: str) -> str | None:
+        with self._lock:
+            return self._index.get(cache_ref(key))
+
+    def _tag_cache(self, image_id: str, key: str) -> None:
+        self.buildah.tag(image_id, cache_ref(key))
+        with self._lock:
+            self._index[cache_ref(key)] = image_id
+
+    def _parent_image_id(self, node: Node) -> str | None:
+        parent = node.parent
+        if parent is None:
+            return None
+        if isinstance(parent, str):
+            for ref in (parent, f"docker.io/library/{parent}", f"localhost/{parent}"):
+                if ref in self._index:
+                    return self._index[ref]
+            log = self.log_root / node.name / "00-pull.log"
+            try:
+                return self.buildah.pull(parent, log=log)
+            except BuildahError as exc:
+                raise BuildFailed(node.name, 0, f"pull {parent}", " ".join(exc.command), exc.stderr_tail,
+                                  log) from None
+        with self._lock:
+            return self._image_ids[parent.name]
+
+    def _needs_docker(self, plan: Plan, node: Node) -> bool:
+        n: Node | None = node
+        seen = 0
+        while n is not None and seen < 50:
+            for step in _safe_steps(n, plan):
+                if step.needs_docker_format:
+                    return True
+            n = next((x for x in plan.nodes if isinstance(n.parent, type) and x.recipe is n.parent), None)
+            seen += 1
+        return False
+
+    def _fill_sizes(self, results: dict[str, ImageResult]) -> None:
+        if any(r.status == "built" for r in results.values()):
+            self._records = {rec.id: rec for rec in self.buildah.images()}
+        for r in results.values():
+            if r.image_id and r.image_id in self._records:
+                r.size = self._records[r.image_id].size
+
+    def _save_report(self, report: BuildReport) -> None:
+        path = self.settings.state_path() / "last-build.json"
+        images_path = self.settings.state_path() / "images.json"
+        path.write_text(json.dumps(report.to_dict(), indent=2))
+        known = {}
+        if images_path.is_file():
+            try:
+                known = json.loads(images_path.read_text())
+            except ValueError:
+                known = {}
+        for r in report.results:
+            if r.image_id:
+                known[r.name] = {"target": r.target, "ref": r.ref, "image_id": r.image_id, "size": r.size,
+                                 "built_at": time.time() if r.status == "built" else
+                                 known.get(r.name, {}).get("built_at", time.time())}
+        images_path.write_text(json.dumps(known, indent=2))
+
+
+def _group_key(chain: str, group: list[tuple[Step, Rendered]]) -> str:
+    key = chain
+    for _, r in group:
+        key = step_key(key, r)
+    return key
+
+
+def _safe_steps(node: Node, plan: Plan) -> list[Step]:
+    from .plan import own_steps
+
+    return own_steps(node.recipe, plan.settings)
+
+
+def _git_facts(plan: Plan) -> tuple[str | None, str | None]:
+    """revision and source labels from the git checkout holding the target recipes, if any."""
+    folder = plan.targets[0].recipe_dir() if plan.targets else Path.cwd()
+    revision = source = None
+    try:
+        git = sh.Command("git").bake("-C", str(folder))
+        revision = str(git("rev-parse", "HEAD", _err=os.devnull)).strip() or None
+        try:
+            source = str(git("remote", "get-url", "origin", _err=os.devnull)).strip() or None
+        except sh.ErrorReturnCode:
+            source = None
+    except (sh.ErrorReturnCode, sh.CommandNotFound):
+        pass
+    source = plan.settings.value("source", source)
+    return revision, source
+
+
+@contextmanager
+def _store_lock(settings: Settings):
+    """One build per storage root at a time; a second waits instead of racing on cache tags."""
+    path = settings.state_path() / "build.lock"
+    with open(path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another imagefactory build on this store ({path})", flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """Treat SIGTERM like Ctrl-C so working containers are removed either way."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+__all__ = ["BuildFailed", "BuildReport", "Cancelled", "Executor", "ImageResult", "NullReporter", "StepRecord"]

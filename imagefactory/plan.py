@@ -1,0 +1,342 @@
+"""From targets to a DAG of images, and from steps to cache keys.
+
+Nothing here runs buildah: planning, rendering and keys are pure functions of the
+recipes, the settings, the input files' bytes and (when known) parent image IDs.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import stat
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import Settings
+from .platforms import Platform, get_platform
+from .recipe import REGISTRY, Recipe, RecipeError
+from .steps import Rendered, Step
+
+CACHE_REPO = "localhost/imagefactory-cache"
+KEY_VERSION = "imagefactory-cache-v1"
+
+
+class PlanError(RecipeError):
+    """The targets cannot be planned: unknown parent, cycle, bad stage reference."""
+
+
+def cache_ref(key: str) -> str:
+    return f"{CACHE_REPO}:{key[:40]}"
+
+
+def step_key(parent: str, rendered: Rendered) -> str:
+    """Key = hash(parent image ID or key, the fully rendered step, the digests of its inputs)."""
+    h = hashlib.sha256()
+    h.update(KEY_VERSION.encode() + b"\n" + parent.encode() + b"\n" + rendered.key_material().encode())
+    return h.hexdigest()
+
+
+# --- file digests: bytes, not mtimes; memoised by stat so unchanged files are not re-read ------------
+class FileDigests:
+    def __init__(self, memo_path: Path | None = None):
+        self.memo_path = memo_path
+        self._memo: dict[str, list] = {}
+        self._lock = threading.Lock()
+        self._dirty = False
+        if memo_path and memo_path.is_file():
+            try:
+                self._memo = json.loads(memo_path.read_text())
+            except (OSError, ValueError):
+                self._memo = {}
+
+    def file(self, path: Path) -> str:
+        st = path.stat()
+        sig = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode]
+        key = str(path)
+        with self._lock:
+            hit = self._memo.get(key)
+            if hit and hit[0] == sig:
+                return hit[1]
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        digest = h.hexdigest()
+        with self._lock:
+            self._memo[key] = [sig, digest]
+            self._dirty = True
+        return digest
+
+    def tree(self, path: Path) -> str:
+        """Digest of a file or folder: relative names, the executable bit, symlink targets and bytes."""
+        if not path.exists() and not path.is_symlink():
+            raise FileNotFoundError(path)
+        if path.is_file():
+            mode = "x" if path.stat().st_mode & stat.S_IXUSR else "-"
+            return hashlib.sha256(f"{mode}:{self.file(path)}".encode()).hexdigest()
+        h = hashlib.sha256()
+        for root, dirs, files in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if d not in ("node_modules", "__pycache__", ".git"))
+            for name in sorted(files):
+                p = Path(root, name)
+                rel = p.relative_to(path).as_posix()
+                if p.is_symlink():
+                    h.update(f"L {rel} {os.readlink(p)}\n".encode())
+                else:
+                    mode = "x" if p.stat().st_mode & stat.S_IXUSR else "-"
+                    h.update(f"F {rel} {mode} {self.file(p)}\n".encode())
+        return h.hexdigest()
+
+    def save(self) -> None:
+        if self.memo_path and self._dirty:
+            tmp = self.memo_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self._memo))
+            tmp.replace(self.memo_path)
+            self._dirty = False
+
+
+# --- the graph ----------------------------------------------------------------
+@dataclass
+class Node:
+    recipe: type[Recipe]
+    parent: type[Recipe] | str | None  # recipe, external image ref, or scratch
+    deps: list[type[Recipe]] = field(default_factory=list)  # parent recipe + stages it copies from
+    leaf: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.recipe.name
+
+    @property
+    def squash(self) -> bool:
+        """Leaf images are squashed unless the recipe says otherwise; stages and bases never need it."""
+        return self.recipe.squash if self.recipe.squash is not None else self.leaf
+
+
+@dataclass
+class Plan:
+    settings: Settings
+    platform: Platform
+    nodes: list[Node]  # topological order: every node after its deps
+    targets: list[type[Recipe]]
+
+    def node(self, recipe: type[Recipe]) -> Node:
+        for n in self.nodes:
+            if n.recipe is recipe:
+                return n
+        raise KeyError(recipe.name)
+
+    def levels(self) -> list[list[Node]]:
+        """Groups that can build concurrently: each level depends only on earlier ones."""
+        depth: dict[str, int] = {}
+        for n in self.nodes:
+            depth[n.name] = 1 + max((depth[d.name] for d in n.deps), default=-1)
+        out: list[list[Node]] = []
+        for n in self.nodes:
+            while len(out) <= depth[n.name]:
+                out.append([])
+            out[depth[n.name]].append(n)
+        return out
+
+
+def resolve_parent(recipe: type[Recipe], platform: Platform) -> type[Recipe] | str | None:
+    parent = recipe.declared_parent()
+    if parent is None and recipe.base:
+        parent = platform.base_recipe(recipe.base)
+    if isinstance(parent, str) or parent is None:
+        return parent
+    if not (isinstance(parent, type) and issubclass(parent, Recipe)):
+        raise PlanError(f"recipe {recipe.name!r}: parent must be a Recipe class or an image reference, "
+                        f"got {parent!r}")
+    if not parent.is_concrete():
+        raise PlanError(f"recipe {recipe.name!r}: parent {parent.__qualname__} has no `name`, so it is not "
+                        "an image; give it a name or point `parent` at a concrete recipe")
+    return parent
+
+
+def resolve_stage(owner: type[Recipe], stage: object) -> type[Recipe]:
+    if isinstance(stage, str):
+        stages = getattr(owner, "stages", {}) or {}
+        if stage in stages:
+            return stages[stage]
+        try:
+            return REGISTRY.get(stage)
+        except RecipeError:
+            raise PlanError(f"recipe {owner.name!r}: CopyFrom names stage {stage!r}, which is neither in its "
+                            f"`stages` ({', '.join(stages) or 'none'}) nor a known recipe") from None
+    if isinstance(stage, type) and issubclass(stage, Recipe) and stage.is_concrete():
+        return stage
+    raise PlanError(f"recipe {owner.name!r}: CopyFrom needs a recipe class or stage name, got {stage!r}")
+
+
+def own_steps(recipe: type[Recipe], settings: Settings) -> list[Step]:
+    try:
+        steps = list(recipe(settings).steps())
+    except RecipeError:
+        raise
+    except Exception as exc:  # a recipe's own code failed: say which recipe
+        raise PlanError(f"recipe {recipe.name!r} ({recipe.__module__}): steps() raised "
+                        f"{type(exc).__name__}: {exc}") from exc
+    for i, s in enumerate(steps):
+        if not isinstance(s, Step):
+            raise PlanError(f"recipe {recipe.name!r}: step {i + 1} is {s!r}, not a Step; "
+                            "yield Run(...), Install(...), Copy(...) and friends")
+    return steps
+
+
+def build_plan(targets: Iterable[str | type[Recipe]], settings: Settings) -> Plan:
+    platform = get_platform(settings.platform)
+    wanted = [REGISTRY.get(t) if isinstance(t, str) else t for t in targets]
+    if not wanted:
+        raise PlanError("no targets given; `imagefactory list` shows what can be built")
+    nodes: dict[str, Node] = {}
+    order: list[Node] = []
+    visiting: list[str] = []
+
+    def visit(recipe: type[Recipe]) -> None:
+        if recipe.name in nodes:
+            return
+        if recipe.name in visiting:
+            cycle = " → ".join([*visiting[visiting.index(recipe.name):], recipe.name])
+            raise PlanError(f"recipe cycle: {cycle}; a recipe cannot build on itself")
+        visiting.append(recipe.name)
+        if recipe.platform_name and recipe.platform_name != platform.name:
+            raise PlanError(f"recipe {recipe.name!r} is a {recipe.platform_name} base, "
+                            f"but the platform is {platform.name}")
+        parent = resolve_parent(recipe, platform)
+        deps: list[type[Recipe]] = []
+        if isinstance(parent, type):
+            deps.append(parent)
+        for step in own_steps(recipe, settings):
+            for stage in step.depends_on():
+                stage_cls = resolve_stage(recipe, stage)
+                if stage_cls not in deps:
+                    deps.append(stage_cls)
+        for dep in deps:
+            visit(dep)
+        visiting.pop()
+        node = Node(recipe, parent, deps)
+        nodes[recipe.name] = node
+        order.append(node)
+
+    for recipe in wanted:
+        visit(recipe)
+    parents_of_others = set()
+    for cls in REGISTRY:
+        try:
+            p = cls.declared_parent()
+        except Exception:  # pragma: no cover - defensive
+            continue
+        if isinstance(p, type):
+            parents_of_others.add(p.name)
+    for node in order:
+        node.leaf = node.name not in parents_of_others and not node.recipe.hidden and not _is_stage(node.recipe)
+    return Plan(settings, platform, order, wanted)
+
+
+def _is_stage(recipe: type[Recipe]) -> bool:
+    return any(recipe in (cls.stages or {}).values() for cls in REGISTRY)
+
+
+# --- rendering ----------------------------------------------------------------
+class RenderContext:
+    """What a step may know while rendering: settings, platform, its recipe, known image IDs."""
+
+    def __init__(self, settings: Settings, platform: Platform, recipe: type[Recipe], base_variant: str | None,
+                 image_ids: dict[str, str], digests: FileDigests):
+        self.settings = settings
+        self.platform = platform
+        self.recipe = recipe
+        self.base_variant = base_variant
+        self.image_ids = image_ids
+        self.digests = digests
+
+    def resolve_file(self, rel: str) -> Path:
+        path = Path(rel)
+        if not path.is_absolute():
+            path = self.recipe.recipe_dir() / rel
+        if not path.exists():
+            raise PlanError(f"recipe {self.recipe.name!r}: file {rel!r} not found (looked at {path}); "
+                            "paths in Copy() are relative to the recipe's own folder")
+        return path
+
+    def digest(self, path: Path) -> str:
+        return self.digests.tree(path)
+
+    def resolve_stage(self, stage: object) -> type[Recipe]:
+        return resolve_stage(self.recipe, stage)
+
+    def image_id_of(self, recipe: type[Recipe]) -> str | None:
+        return self.image_ids.get(recipe.name)
+
+
+def base_variant(recipe: type[Recipe], platform: Platform) -> str | None:
+    seen = 0
+    current: object = recipe
+    while isinstance(current, type) and seen < 50:
+        if getattr(current, "platform_name", None):
+            return getattr(current, "variant", None)
+        current = resolve_parent(current, platform)
+        seen += 1
+    return None
+
+
+def render_steps(node: Node, plan: Plan, image_ids: dict[str, str], digests: FileDigests) -> list[tuple[Step, Rendered]]:
+    ctx = RenderContext(plan.settings, plan.platform, node.recipe, base_variant(node.recipe, plan.platform),
+                        image_ids, digests)
+    out = []
+    for i, step in enumerate(own_steps(node.recipe, plan.settings)):
+        try:
+            out.append((step, step.render(ctx)))
+        except RecipeError:
+            raise
+        except FileNotFoundError as exc:
+            raise PlanError(f"recipe {node.name!r}, step {i + 1} ({step.kind}): missing file {exc}") from exc
+    return out
+
+
+def group_steps(rendered: list[tuple[Step, Rendered]]) -> tuple[list[list[tuple[Step, Rendered]]],
+                                                                   list[tuple[Step, Rendered]]]:
+    """Split into commit groups (each ends at a boundary step) and trailing config-only steps."""
+    groups: list[list[tuple[Step, Rendered]]] = []
+    current: list[tuple[Step, Rendered]] = []
+    for item in rendered:
+        current.append(item)
+        if item[0].boundary:
+            groups.append(current)
+            current = []
+    return groups, current
+
+
+# --- final image metadata ------------------------------------------------------
+def source_date_epoch(settings: Settings) -> int | None:
+    return settings.source_date_epoch
+
+
+def oci_labels(recipe: type[Recipe], settings: Settings, *, revision: str | None, source: str | None) -> dict[str, str]:
+    sde = source_date_epoch(settings)
+    created = _dt.datetime.fromtimestamp(sde if sde is not None else _now(), _dt.UTC)
+    labels = {
+        "org.opencontainers.image.title": recipe.name,
+        "org.opencontainers.image.version": recipe.version,
+        "org.opencontainers.image.created": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "org.opencontainers.image.licenses": recipe.licenses,
+        "org.opencontainers.image.description": recipe.description(),
+    }
+    if revision:
+        labels["org.opencontainers.image.revision"] = revision
+    if source:
+        labels["org.opencontainers.image.source"] = source
+    for klass in reversed(recipe.__mro__):
+        labels.update(getattr(klass, "__dict__", {}).get("labels", {}) or {})
+    return labels
+
+
+def _now() -> float:
+    import time
+
+    return time.time()

@@ -1,0 +1,303 @@
+"""Platforms: which base images exist, how packages are installed, and what packages are called.
+
+``debian`` (default) bootstraps Debian 13 itself with debootstrap, so it needs no
+container registry. ``ubi9`` starts from Red Hat's UBI images and uses dnf/microdnf.
+Package names in recipes are Debian's; :data:`PACKAGE_NAMES` maps them for other
+platforms in one place.
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+import sh
+
+from .recipe import Recipe, RecipeError
+from .steps import HostCall, Rendered, Run, RunCall, Step
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .buildah import Container
+    from .plan import RenderContext
+
+APT_ENV = (("DEBIAN_FRONTEND", "noninteractive"), ("LC_ALL", "C.UTF-8"))
+
+# Debian name → name on other platforms (None: not available there, dropped with a plan note).
+PACKAGE_NAMES: dict[str, dict[str, str | None]] = {
+    "build-essential": {"ubi9": "gcc gcc-c++ make glibc-devel"},
+    "g++": {"ubi9": "gcc-c++"},
+    "pkg-config": {"ubi9": "pkgconf-pkg-config"},
+    "pkgconf": {"ubi9": "pkgconf-pkg-config"},
+    "ninja-build": {"ubi9": "ninja-build"},
+    "libtool-bin": {"ubi9": "libtool"},
+    "autoconf": {"ubi9": "autoconf"},
+    "automake": {"ubi9": "automake"},
+    "git": {"ubi9": "git-core"},
+    "xz-utils": {"ubi9": "xz"},
+    "ca-certificates": {"ubi9": "ca-certificates"},
+    "libpam0g-dev": {"ubi9": "pam-devel"},
+    "libseccomp-dev": {"ubi9": "libseccomp-devel"},
+    "liblz4-dev": {"ubi9": "lz4-devel"},
+    "libreadline-dev": {"ubi9": "readline-devel"},
+    "libnl-route-3-dev": {"ubi9": "libnl3-devel"},
+    "libprotobuf-c-dev": {"ubi9": "protobuf-c-devel"},
+    "protobuf-c-compiler": {"ubi9": "protobuf-c-compiler"},
+    "libtalloc-dev": {"ubi9": "libtalloc-devel"},
+    "libev-dev": {"ubi9": "libev-devel"},
+    "libgnutls28-dev": {"ubi9": "gnutls-devel"},
+    "libradcli-dev": {"ubi9": "radcli-devel"},
+    "libkrb5-dev": {"ubi9": "krb5-devel"},
+    "libcurl4-openssl-dev": {"ubi9": "libcurl-devel"},
+    "liboath-dev": {"ubi9": "liboath-devel"},
+    "libmaxminddb-dev": {"ubi9": "libmaxminddb-devel"},
+    "gperf": {"ubi9": "gperf"},
+    "linux-perf": {"ubi9": "perf"},
+    "check": {"ubi9": "check-devel"},
+    "libcmocka-dev": {"ubi9": "libcmocka-devel"},
+    "python3-pytest": {"ubi9": "python3-pytest"},
+    "python3": {"ubi9": "python3"},
+    "lcov": {"ubi9": "lcov"},
+    "gcovr": {"ubi9": "gcovr"},
+    "iperf3": {"ubi9": "iperf3"},
+    "tcpdump": {"ubi9": "tcpdump"},
+    "dpkg-dev": {"ubi9": None},
+    "rpm": {"ubi9": "rpm-build"},
+    "createrepo-c": {"ubi9": "createrepo_c"},
+    "file": {"ubi9": "file"},
+    "procps": {"ubi9": "procps-ng"},
+    "binutils": {"ubi9": "binutils"},
+    "nodejs": {"ubi9": "nodejs"},
+    "npm": {"ubi9": "npm"},
+    "supervisor": {"ubi9": "supervisor"},
+    "radosgw": {"ubi9": None},  # the ubi9 s4 runtime starts from the radosgw-posix image
+    "ceph-common": {"ubi9": None},
+    "python3-pip": {"ubi9": "python3-pip"},
+    "unzip": {"ubi9": "unzip"},
+    "curl": {"ubi9": "curl-minimal"},
+    "passwd": {"ubi9": "shadow-utils"},
+    "ccache": {"ubi9": "ccache"},
+}
+
+
+class PlatformError(RecipeError):
+    """The platform cannot do what a recipe asks (no mirror, unknown package, unknown platform)."""
+
+
+def host_debian_mirror(apt_dir: str = "/etc/apt") -> str | None:
+    """The Debian archive this host already uses, read from its own apt configuration."""
+    uris: list[str] = []
+    for path in sorted(glob.glob(f"{apt_dir}/sources.list.d/*.sources")):
+        text = Path(path).read_text(errors="replace")
+        for stanza in re.split(r"\n\s*\n", text):
+            if re.search(r"^Enabled:\s*no", stanza, re.MULTILINE | re.IGNORECASE):
+                continue
+            suites = " ".join(re.findall(r"^Suites:\s*(.+)$", stanza, re.MULTILINE))
+            for line in re.findall(r"^URIs:\s*(.+)$", stanza, re.MULTILINE):
+                for uri in line.split():
+                    uris.append((uri, suites))
+    for path in [f"{apt_dir}/sources.list", *sorted(glob.glob(f"{apt_dir}/sources.list.d/*.list"))]:
+        if not Path(path).is_file():
+            continue
+        for line in Path(path).read_text(errors="replace").splitlines():
+            m = re.match(r"^\s*deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+(\S+)", line)
+            if m:
+                uris.append((m.group(1), m.group(2)))
+    for uri, suites in uris:
+        if "security" in uri or "security" in suites:
+            continue
+        if uri.startswith(("http://", "https://", "file:/")):
+            return uri.rstrip("/")
+    return None
+
+
+@dataclass(frozen=True)
+class Platform:
+    name: str
+    bases: dict[str, str]  # variant → recipe name
+
+    def map_packages(self, names: tuple[str, ...] | list[str]) -> list[str]:
+        out: list[str] = []
+        for name in names:
+            mapped = PACKAGE_NAMES.get(name, {}).get(self.name, name) if self.name != "debian" else name
+            if mapped:
+                out.extend(mapped.split())
+        return out
+
+    def install_calls(self, packages: list[str], variant: str | None) -> list[RunCall]:
+        raise NotImplementedError
+
+    def add_user_script(self, name: str, uid: int, gid: int, home: str, shell: str, groups: tuple[str, ...]) -> str:
+        q = shlex.quote
+        extra = f" -G {q(','.join(groups))}" if groups else ""
+        return (f"getent group {gid} >/dev/null || groupadd -g {gid} {q(name)}\n"
+                f"id -u {q(name)} >/dev/null 2>&1 || useradd -m -u {uid} -g {gid} -d {q(home)} "
+                f"-s {q(shell)}{extra} {q(name)}")
+
+    def base_recipe(self, variant: str) -> type[Recipe]:
+        from .recipe import REGISTRY
+
+        if variant not in self.bases:
+            raise PlatformError(f"platform {self.name!r} has no {variant!r} base; "
+                                f"choose one of {', '.join(sorted(self.bases))}")
+        return REGISTRY.get(self.bases[variant])
+
+
+class DebianPlatform(Platform):
+    def install_calls(self, packages: list[str], variant: str | None) -> list[RunCall]:
+        script = ("apt-get update -q\n"
+                  f"apt-get install -y -q --no-install-recommends {' '.join(sorted(set(packages)))}\n"
+                  "apt-get clean\nrm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log")
+        return [RunCall(("/bin/sh", "-ec", script), APT_ENV)]
+
+
+class Ubi9Platform(Platform):
+    def install_calls(self, packages: list[str], variant: str | None) -> list[RunCall]:
+        pkgs = " ".join(sorted(set(packages)))
+        if variant == "slim":
+            script = (f"microdnf install -y --nodocs --setopt=install_weak_deps=0 {pkgs}\n"
+                      "microdnf clean all")
+        else:
+            script = (f"dnf install -y --nodocs --setopt=install_weak_deps=False {pkgs}\n"
+                      "dnf clean all")
+        return [RunCall(("/bin/sh", "-ec", script))]
+
+    def add_user_script(self, name, uid, gid, home, shell, groups) -> str:
+        # ubi-minimal has no shadow-utils: write the entries directly, as its own images do.
+        q = shlex.quote
+        return (f"getent group {gid} >/dev/null || echo '{name}:x:{gid}:' >> /etc/group\n"
+                f"id -u {q(name)} >/dev/null 2>&1 || echo '{name}:x:{uid}:{gid}::{home}:{shell}' >> /etc/passwd\n"
+                f"mkdir -p {q(home)} && chown {uid}:{gid} {q(home)}")
+
+
+PLATFORMS: dict[str, Platform] = {
+    "debian": DebianPlatform("debian", {"full": "imagefactory-base-debian-full",
+                                        "slim": "imagefactory-base-debian-slim"}),
+    "ubi9": Ubi9Platform("ubi9", {"full": "imagefactory-base-ubi9", "slim": "imagefactory-base-ubi9-minimal"}),
+}
+
+
+def get_platform(name: str) -> Platform:
+    try:
+        return PLATFORMS[name]
+    except KeyError:
+        raise PlatformError(f"unknown platform {name!r}; choose one of {', '.join(PLATFORMS)}") from None
+
+
+# --- Debian base images, bootstrapped by us ---------------------------------
+SLIM_DPKG_EXCLUDES = """\
+path-exclude=/usr/share/doc/*
+path-include=/usr/share/doc/*/copyright
+path-exclude=/usr/share/man/*
+path-exclude=/usr/share/info/*
+path-exclude=/usr/share/locale/*
+path-include=/usr/share/locale/locale.alias
+path-exclude=/usr/share/lintian/*
+path-exclude=/usr/share/linda/*
+"""
+
+
+@dataclass
+class Bootstrap(Step):
+    """debootstrap a Debian release into an empty container's root (runs on the host)."""
+
+    suite: str
+    variant: str = "minbase"
+    include: tuple[str, ...] = ("ca-certificates",)
+    kind: ClassVar[str] = "bootstrap"
+
+    def render(self, ctx: RenderContext) -> Rendered:
+        mirror = ctx.settings.debian_mirror or host_debian_mirror()
+        if not mirror:
+            raise PlatformError(
+                "no Debian mirror: set `debian_mirror` in imagefactory.yaml or IMAGEFACTORY_DEBIAN_MIRROR, "
+                "or configure apt on this host (/etc/apt/sources.list.d/*.sources)")
+        argv = ["debootstrap", f"--variant={self.variant}", f"--include={','.join(self.include)}",
+                "--components=main", self.suite, "<container root>", mirror]
+        suite, variant, include = self.suite, self.variant, self.include
+
+        def action(ctr: Container, log: Path) -> None:
+            root = ctr.mount()
+            try:
+                with open(log, "ab") as out:
+                    sh.Command("debootstrap")(
+                        f"--variant={variant}", f"--include={','.join(include)}", "--components=main",
+                        suite, str(root), mirror, _out=out, _err_to_out=True, _env=_host_env())
+                _tidy_rootfs(root)
+            finally:
+                ctr.umount()
+
+        return Rendered(self.kind, f"debootstrap {self.suite} ({self.variant}) from {mirror}",
+                        [HostCall(" ".join(argv), action, key=mirror)])
+
+
+def _host_env() -> dict[str, str]:
+    import os
+
+    return {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LC_ALL": "C"}
+
+
+def _tidy_rootfs(root: Path) -> None:
+    """Drop what debootstrap leaves that no image needs (apt lists, caches, logs)."""
+    import shutil
+
+    for pattern in ("var/lib/apt/lists/*", "var/cache/apt/*.bin", "var/cache/apt/archives/*.deb",
+                    "var/log/*.log", "var/log/apt/*", "var/cache/ldconfig/aux-cache"):
+        for path in glob.glob(str(root / pattern)):
+            p = Path(path)
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.name not in ("lock", "partial"):
+                p.unlink(missing_ok=True)
+
+
+class DebianFull(Recipe):
+    """Debian 13 minbase bootstrapped from the configured mirror: the base for dev images."""
+
+    name = "imagefactory-base-debian-full"
+    hidden = True
+    platform_name = "debian"
+    variant = "full"
+
+    def steps(self):
+        yield Bootstrap(self.settings.debian_suite)
+
+
+class DebianSlim(DebianFull):
+    """Debian 13 without docs, man pages, locales or apt lists, and dpkg told to keep it so."""
+
+    name = "imagefactory-base-debian-slim"
+    variant = "slim"
+
+    def steps(self):
+        yield Run(
+            "mkdir -p /etc/dpkg/dpkg.cfg.d\n"
+            f"cat > /etc/dpkg/dpkg.cfg.d/imagefactory-slim <<'EOF'\n{SLIM_DPKG_EXCLUDES}EOF\n"
+            "find /usr/share/doc -mindepth 1 -not -name copyright -not -type d -delete\n"
+            "find /usr/share/doc -mindepth 1 -type d -empty -delete\n"
+            "rm -rf /usr/share/man/* /usr/share/info/* /usr/share/lintian /var/lib/apt/lists/*\n"
+            "find /usr/share/locale -mindepth 1 -maxdepth 1 -not -name locale.alias -exec rm -rf {} +",
+            title="strip docs, man pages, locales; keep them out of later installs")
+
+
+class Ubi9(Recipe):
+    """Red Hat UBI 9 (dnf), pulled from the registry."""
+
+    name = "imagefactory-base-ubi9"
+    hidden = True
+    platform_name = "ubi9"
+    variant = "full"
+    parent = "registry.access.redhat.com/ubi9/ubi:latest"
+
+
+class Ubi9Minimal(Recipe):
+    """Red Hat UBI 9 minimal (microdnf), pulled from the registry."""
+
+    name = "imagefactory-base-ubi9-minimal"
+    hidden = True
+    platform_name = "ubi9"
+    variant = "slim"
+    parent = "registry.access.redhat.com/ubi9/ubi-minimal:latest"

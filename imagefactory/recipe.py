@@ -1,0 +1,227 @@
+"""Recipes: Python classes that describe images, and the registry that finds them.
+
+A recipe yields only its *own* steps. Inheritance means FROM: ``class Test(Dev)``
+builds on the Dev image and runs Test's steps on top. A recipe with no recipe
+parent starts from its platform's base (``base = "full"`` or ``"slim"``), from an
+external image (``parent = "registry/name:tag"``), or from scratch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .steps import Step
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import Settings
+
+
+class RecipeError(ValueError):
+    """A recipe is malformed, unknown or forms a cycle; the message names it."""
+
+
+@dataclass
+class Runtime:
+    """How an image is meant to run as a service or dev shell (Quadlet units, `shell`, `run`)."""
+
+    ports: list[str] = field(default_factory=list)  # "7480:7480"
+    volumes: list[str] = field(default_factory=list)  # "name:/path"
+    environment: dict[str, str] = field(default_factory=dict)
+    secrets: list[str] = field(default_factory=list)  # env vars that must never be written inline
+    user: str | None = None
+    group: str | None = None
+    health_cmd: str | None = None
+    cap_drop: list[str] = field(default_factory=list)
+    cap_add: list[str] = field(default_factory=list)
+    cpus: str | None = None
+    memory: str | None = None
+    workdir: str | None = None
+    mount_project: str | None = None  # mount the current folder here (dev images)
+
+
+class Recipe:
+    """Base class of every image recipe.
+
+    Class attributes (all optional but ``name``):
+      name            image name (``ocserv-modern-dev``); makes the class a concrete recipe
+      target          short CLI name (``dev``); defaults to ``name``
+      parent          explicit parent recipe class or external image reference
+      base            ``"full"`` or ``"slim"``: the platform base when there is no recipe parent
+      version         image tag and org.opencontainers.image.version
+      squash          squash the final image; default: squash leaf images only
+      size_budget_mb  ``verify --size`` fails above it; ``build`` reports against it
+      stages          ``{"builder": BuilderRecipe}`` for multi-stage recipes
+      runtime         :class:`Runtime` settings for quadlet/shell
+      labels          extra OCI labels
+      licenses        SPDX expression for org.opencontainers.image.licenses
+    """
+
+    name: ClassVar[str]
+    target: ClassVar[str | None] = None
+    parent: ClassVar[Any] = None
+    base: ClassVar[str | None] = None
+    version: ClassVar[str] = "latest"
+    squash: ClassVar[bool | None] = None
+    size_budget_mb: ClassVar[float | None] = None
+    stages: ClassVar[dict[str, type[Recipe]]] = {}
+    runtime: ClassVar[Runtime | None] = None
+    labels: ClassVar[dict[str, str]] = {}
+    licenses: ClassVar[str] = "NOASSERTION"
+    hidden: ClassVar[bool] = False  # stages and bases: built when needed, not listed as targets
+    platform_name: ClassVar[str | None] = None  # set on platform base recipes
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            REGISTRY.add(cls)
+
+    def steps(self) -> Iterable[Step]:
+        return ()
+
+    # -- class-level facts the planner asks for --------------------------------
+    @classmethod
+    def is_concrete(cls) -> bool:
+        return "name" in cls.__dict__
+
+    @classmethod
+    def target_name(cls) -> str:
+        return cls.__dict__.get("target") or cls.name
+
+    @classmethod
+    def description(cls) -> str:
+        doc = inspect.getdoc(cls) or ""
+        return doc.splitlines()[0] if doc else ""
+
+    @classmethod
+    def recipe_dir(cls) -> Path:
+        return Path(inspect.getfile(cls)).resolve().parent
+
+    @classmethod
+    def declared_parent(cls) -> type[Recipe] | str | None:
+        """Explicit ``parent``, else the nearest concrete recipe this class inherits from."""
+        if cls.__dict__.get("parent") is not None:
+            return cls.__dict__["parent"]
+        for klass in cls.__mro__[1:]:
+            if klass is Recipe:
+                break
+            if isinstance(klass, type) and issubclass(klass, Recipe) and klass.is_concrete():
+                return klass
+            if klass.__dict__.get("parent") is not None:
+                return klass.__dict__["parent"]
+        return None
+
+    @classmethod
+    def image_ref(cls) -> str:
+        return f"localhost/{cls.name}:{cls.version}"
+
+
+class Registry:
+    """Every concrete recipe class by name and target; filled as recipe modules are imported."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, type[Recipe]] = {}
+        self.loaded_from: list[str] = []
+
+    def add(self, cls: type[Recipe]) -> None:
+        existing = self._by_name.get(cls.name)
+        if existing is not None and existing is not cls and _qualname(existing) != _qualname(cls):
+            raise RecipeError(
+                f"recipe name {cls.name!r} is defined twice: {_qualname(existing)} and {_qualname(cls)}; "
+                "give the new class another `name`, or subclass the existing one to build on it")
+        self._by_name[cls.name] = cls
+
+    def __iter__(self) -> Iterator[type[Recipe]]:
+        return iter(sorted(self._by_name.values(), key=lambda c: c.name))
+
+    def targets(self) -> list[type[Recipe]]:
+        return [c for c in self if not c.hidden]
+
+    def get(self, name: str) -> type[Recipe]:
+        """Find by target or image name; unknown names get a list of what exists."""
+        for cls in self._by_name.values():
+            if not cls.hidden and cls.target_name() == name:
+                return cls
+        if name in self._by_name:
+            return self._by_name[name]
+        known = ", ".join(c.target_name() for c in self.targets()) or "(none loaded)"
+        raise RecipeError(f"unknown target {name!r}; known targets: {known}. "
+                          "Recipes are loaded from recipes/ and the `recipe_paths` setting.")
+
+    def clear(self) -> None:
+        self._by_name.clear()
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+REGISTRY = Registry()
+
+_SHIPPED = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def load_recipes(extra_paths: Iterable[str] = ()) -> Registry:
+    """Import the shipped recipes, then each extra folder, file or module name from settings."""
+    from . import platforms  # noqa: F401  (registers the platform base recipes)
+
+    if _SHIPPED.is_dir() and "recipes" not in sys.modules:
+        root = str(_SHIPPED.parent)
+        if root not in sys.path:
+            sys.path.insert(0, root)
+    _import_package_modules("recipes")
+    for entry in extra_paths:
+        _import_entry(entry)
+    return REGISTRY
+
+
+def _import_package_modules(package: str) -> None:
+    try:
+        pkg = importlib.import_module(package)
+    except ModuleNotFoundError:
+        return
+    for path in sorted(Path(pkg.__file__).parent.rglob("*.py")):
+        if path.name.startswith("_") or "node_modules" in path.parts:
+            continue
+        rel = path.relative_to(Path(pkg.__file__).parent).with_suffix("")
+        importlib.import_module(".".join([package, *rel.parts]))
+
+
+def _import_entry(entry: str) -> None:
+    path = Path(entry).expanduser()
+    if path.is_dir():
+        for file in sorted(path.glob("*.py")):
+            if not file.name.startswith("_"):
+                _import_file(file)
+    elif path.suffix == ".py":
+        if not path.is_file():
+            raise RecipeError(f"recipe path {entry} does not exist; fix `recipe_paths` in your config")
+        _import_file(path)
+    else:
+        try:
+            importlib.import_module(entry)
+        except ModuleNotFoundError as exc:
+            raise RecipeError(f"recipe path {entry!r} is neither a folder, a .py file nor an importable "
+                              f"module ({exc}); fix `recipe_paths` in your config") from None
+
+
+def _import_file(path: Path) -> None:
+    module_name = "imagefactory_user_recipes." + "_".join(path.resolve().with_suffix("").parts[-2:])
+    if module_name in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    spec.loader.exec_module(module)

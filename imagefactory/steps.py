@@ -1,0 +1,356 @@
+"""Declarative build steps.
+
+A step never talks to buildah. It *renders* into a list of calls (run, copy,
+config, or a host action such as debootstrap) plus the content digests of the
+inputs it reads. The planner hashes that rendering into the cache key, `plan`
+prints it, and the executor hands the very same calls to buildah, so what you
+see in a plan is exactly what runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .buildah import Mount
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .plan import RenderContext
+
+
+class StepError(ValueError):
+    """A step is malformed or names an input that does not exist."""
+
+
+# --- calls: the unit the executor runs and the plan prints -------------------
+@dataclass(frozen=True)
+class RunCall:
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+    user: str | None = None
+    workdir: str | None = None
+    mounts: tuple[Mount, ...] = ()
+    network: str | None = None
+
+    def key_text(self) -> str:
+        # bind-mount *sources* are host paths: their content is keyed by the step's inputs instead.
+        mounts = [(m.type, m.target, m.readonly) for m in self.mounts]
+        return json.dumps(["run", self.argv, self.env, self.user, self.workdir, mounts, self.network])
+
+
+@dataclass(frozen=True)
+class CopyCall:
+    sources: tuple[str, ...]
+    dest: str
+    chown: str | None = None
+    chmod: str | None = None
+    from_image: str | None = None  # image ID (stage) for multi-stage copies
+    from_label: str | None = None  # what the user wrote, for display
+
+    def key_text(self) -> str:
+        # host source paths are keyed by content digests (step inputs), not by where they sit.
+        srcs = [Path(s).name for s in self.sources] if not self.from_image else list(self.sources)
+        return json.dumps(["copy", srcs, self.dest, self.chown, self.chmod, self.from_image])
+
+
+@dataclass(frozen=True)
+class ConfigCall:
+    args: tuple[str, ...]
+
+    def key_text(self) -> str:
+        return json.dumps(["config", self.args])
+
+
+@dataclass(frozen=True)
+class HostCall:
+    """Work done on the host against the mounted container (e.g. debootstrap into it)."""
+
+    description: str
+    action: Callable[..., None] = field(compare=False)
+    key: str = ""
+
+    def key_text(self) -> str:
+        return json.dumps(["host", self.description, self.key])
+
+
+Call = RunCall | CopyCall | ConfigCall | HostCall
+
+
+@dataclass
+class Rendered:
+    """A step as text, calls and input digests: all the cache key needs, no buildah required."""
+
+    kind: str
+    summary: str
+    calls: list[Call]
+    inputs: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)  # inputs known only after another image is built
+
+    def key_material(self) -> str:
+        return "\n".join([self.kind, *(c.key_text() for c in self.calls), *self.inputs])
+
+
+# --- steps ------------------------------------------------------------------
+class Step:
+    """Base for all steps. ``boundary`` steps end a layer (commit + cache entry)."""
+
+    boundary: ClassVar[bool] = True
+    kind: ClassVar[str] = "step"
+
+    def render(self, ctx: RenderContext) -> Rendered:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def depends_on(self) -> list[Any]:
+        """Other recipes (stages) whose images this step reads."""
+        return []
+
+    @property
+    def needs_docker_format(self) -> bool:
+        return False
+
+
+def _env_tuple(env: dict[str, str] | None) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((str(k), str(v)) for k, v in (env or {}).items()))
+
+
+@dataclass
+class Run(Step):
+    """Run a shell script inside the image (``/bin/sh -ec``)."""
+
+    script: str
+    env: dict[str, str] | None = None
+    user: str | None = None
+    workdir: str | None = None
+    mounts: tuple[Mount, ...] = ()
+    network: str | None = None
+    inputs: tuple[str, ...] = ()
+    title: str | None = None
+    kind: ClassVar[str] = "run"
+
+    def render(self, ctx: RenderContext) -> Rendered:
+        call = RunCall(("/bin/sh", "-ec", self.script.strip()), _env_tuple(self.env), self.user, self.workdir,
+                       tuple(self.mounts), self.network)
+        first = self.script.strip().splitlines()[0] if self.script.strip() else ""
+        return Rendered(self.kind, self.title or first[:90], [call], list(self.inputs))
+
+
+class Install(Step):
+    """Install distribution packages by their Debian names; the platform maps and runs them."""
+
+    kind: ClassVar[str] = "install"
+
+    def __init__(self, *packages: str):
+        flat: list[str] = []
+        for p in packages:
+            flat.extend([p] if isinstance(p, str) else list(p))
+        if not flat:
+            raise StepError("Install() needs at least one package name")
+        self.packages = tuple(flat)
+
+    def render(self, ctx: RenderContext) -> Rendered:
+        names = ctx.platform.map_packages(self.packages)
+        calls = ctx.platform.install_calls(names, variant=ctx.base_variant)
+        return Rendered(self.kind, f"{len(names)} packages: {' '.join(names)[:80]}", calls)
+
+    def __repr__(self) -> str:
+        return f"Install{self.packages!r}"
+
+
+@dataclass
+class Copy(Step):
+    """Copy a file or folder from the recipe's folder into the image; keyed by its bytes."""
+
+    src: str
+    dest: str
+    chown: str | None = None
+    mode: str | None = None
+    kind: ClassVar[str] = "copy"
+
+    def render(self, ctx: RenderContext) -> Rendered:
+        path = ctx.resolve_file(self.src)
+        digest = ctx.digest(path)
+        call = CopyCall((str(path),), self.dest, self.chown, self.mode)
+        return Rendered(self.kind, f"{self.src} → {self.dest}", [call], [f"{self.src}:{digest}"])
+
+
+@dataclass
+class CopyFrom(Step):
+    """Copy built artifacts out of another stage or recipe (multi-stage builds)."""
+
+    stage: Any  # a Recipe class, or the name of a stage of the current recipe
+    src: str
+    dest: str
+    chown: str | None = None
+    mode: str | None = None
+    kind: ClassVar[str] = "copy-from"
+
+    def depends_on(self) -> list[Any]:
+        return [self.stage]
+
+    def render(self, ctx: RenderContext) -> Rendered:
+        recipe = ctx.resolve_stage(self.stage)
+        image_id = ctx.image_id_of(recipe)
+        label = recipe.name
+        pending = [] if image_id else [label]
+        call = CopyCall((self.src,), self.dest, self.chown, self.mode, image_id or f"<{label}>", label)
+        return Rendered(self.kind, f"{label}:{self.src} → {self.dest}", [call], [], pending)
+
+
+class _ConfigStep(Step):
+    boundary: ClassVar[bool] = False
+    kind: ClassVar[str] = "config"
+
+    def config_args(self) -> list[str]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def render(self, ctx: RenderContext) -> Rendered:
+        args = self.config_args()
+        return Rendered(self.kind, " ".join(shlex.quote(a) for a in args)[:90], [ConfigCall(tuple(args))])
+
+
+class Env(_ConfigStep):
+    def __init__(self, **variables: str):
+        self.variables = variables
+
+    def config_args(self) -> list[str]:
+        return [a for k, v in sorted(self.variables.items()) for a in ("--env", f"{k}={v}")]
+
+
+class Label(_ConfigStep):
+    def __init__(self, **labels: str):
+        self.labels = labels
+
+    def config_args(self) -> list[str]:
+        return [a for k, v in sorted(self.labels.items()) for a in ("--label", f"{k}={v}")]
+
+
+@dataclass
+class User(_ConfigStep):
+    user: str
+
+    def config_args(self) -> list[str]:
+        return ["--user", self.user]
+
+
+@dataclass
+class Workdir(_ConfigStep):
+    path: str
+
+    def config_args(self) -> list[str]:
+        return ["--workingdir", self.path]
+
+
+class Entrypoint(_ConfigStep):
+    def __init__(self, *argv: str):
+        self.argv = list(argv)
+
+    def config_args(self) -> list[str]:
+        return ["--entrypoint", json.dumps(self.argv)]
+
+
+class Cmd(_ConfigStep):
+    def __init__(self, *argv: str):
+        self.argv = list(argv)
+
+    def config_args(self) -> list[str]:
+        return ["--cmd", json.dumps(self.argv)]
+
+
+class Expose(_ConfigStep):
+    def __init__(self, *ports: int | str):
+        self.ports = [str(p) for p in ports]
+
+    def config_args(self) -> list[str]:
+        return [a for p in self.ports for a in ("--port", p)]
+
+
+class Volume(_ConfigStep):
+    def __init__(self, *paths: str):
+        self.paths = list(paths)
+
+    def config_args(self) -> list[str]:
+        return [a for p in self.paths for a in ("--volume", p)]
+
+
+@dataclass
+class Healthcheck(_ConfigStep):
+    """HEALTHCHECK exists only in the docker image format, so images using it commit as docker."""
+
+    command: str
+    interval: str = "30s"
+    timeout: str = "5s"
+    retries: int = 3
+    start_period: str = "20s"
+
+    @property
+    def needs_docker_format(self) -> bool:
+        return True
+
+    def config_args(self) -> list[str]:
+        return ["--healthcheck", f"CMD-SHELL {self.command}", "--healthcheck-interval", self.interval,
+                "--healthcheck-timeout", self.timeout, "--healthcheck-retries", str(self.retries),
+                "--healthcheck-start-period", self.start_period,
+                "--label", f"io.imagefactory.healthcheck={self.command}"]
+
+
+class Config(_ConfigStep):
+    """Several image settings at once: ``Config(user=..., workdir=..., cmd=[...])``."""
+
+    def __init__(self, *, user: str | None = None, workdir: str | None = None, cmd: list[str] | None = None,
+                 entrypoint: list[str] | None = None, env: dict[str, str] | None = None,
+                 labels: dict[str, str] | None = None, expose: Iterable[int | str] = (),
+                 volumes: Iterable[str] = ()):
+        self.parts: list[_ConfigStep] = []
+        if env:
+            self.parts.append(Env(**env))
+        if labels:
+            self.parts.append(Label(**labels))
+        if user is not None:
+            self.parts.append(User(user))
+        if workdir is not None:
+            self.parts.append(Workdir(workdir))
+        if entrypoint is not None:
+            self.parts.append(Entrypoint(*entrypoint))
+        if cmd is not None:
+            self.parts.append(Cmd(*cmd))
+        if expose:
+            self.parts.append(Expose(*expose))
+        if volumes:
+            self.parts.append(Volume(*volumes))
+        if not self.parts:
+            raise StepError("Config() needs at least one setting")
+
+    def config_args(self) -> list[str]:
+        return [a for part in self.parts for a in part.config_args()]
+
+
+@dataclass
+class AddUser(Step):
+    """Create a non-root user (and its group) with a home; the platform supplies the command."""
+
+    name: str
+    uid: int
+    gid: int | None = None
+    home: str | None = None
+    shell: str = "/bin/bash"
+    groups: tuple[str, ...] = ()
+    owns: tuple[str, ...] = ()  # folders to create and hand to the user (e.g. /workspace)
+    kind: ClassVar[str] = "add-user"
+
+    def render(self, ctx: RenderContext) -> Rendered:
+        gid = self.gid if self.gid is not None else self.uid
+        home = self.home or f"/home/{self.name}"
+        script = ctx.platform.add_user_script(self.name, self.uid, gid, home, self.shell, self.groups)
+        for path in self.owns:
+            script += f"\nmkdir -p {shlex.quote(path)} && chown {self.uid}:{gid} {shlex.quote(path)}"
+        call = RunCall(("/bin/sh", "-ec", script))
+        return Rendered(self.kind, f"{self.name} ({self.uid}:{gid}) home {home}", [call])
+
+
+def digest_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
