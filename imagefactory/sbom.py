@@ -809,6 +809,12 @@ def _safe_id(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "-", text).strip("-") or "x"
 
 
+_ORG_WORDS = re.compile(
+    r"\b(team|maintainers|developers|group|project|foundation|inc|ltd|llc|gmbh|corporation|red hat|debian)\b",
+    re.IGNORECASE,
+)
+
+
 def _spdx_id(kind: str, name: str, key: str) -> str:
     return f"SPDXRef-{kind}-{_safe_id(name)[:60]}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
@@ -867,6 +873,11 @@ def build_spdx(inv: Inventory):
 
     def url_or_none(u: str | None) -> str | None:
         return u if u and not validate_url(u) else None
+
+    def _spdx_actor(name: str) -> Actor:
+        name = name.replace("(", "[").replace(")", "]")  # parentheses would break the "Name (email)" syntax
+        org = _ORG_WORDS.search(name) is not None
+        return Actor(ActorType.ORGANIZATION if org else ActorType.PERSON, name)
 
     image_id = "SPDXRef-image"
     labels = "\n".join(f"{k}={v}" for k, v in sorted(facts.labels.items()))
@@ -935,8 +946,7 @@ def build_spdx(inv: Inventory):
             version=c.version,
             download_location=dl or SpdxNoAssertion(),
             files_analyzed=False,
-            supplier=Actor(ActorType.ORGANIZATION, c.supplier.replace("(", "[").replace(")", "]"))
-            if c.supplier else SpdxNoAssertion(),
+            supplier=_spdx_actor(c.supplier) if c.supplier else SpdxNoAssertion(),
             checksums=[Checksum(alg[a], h) for a, h in sorted(c.hashes.items()) if a in alg],
             homepage=url_or_none(c.homepage),
             source_info=source_info,
