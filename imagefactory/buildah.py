@@ -122,7 +122,7 @@ class Buildah:
         argv = self.argv(*args)
         with self._lock:
             self.counters.calls.append(argv)
-        kwargs: dict = dict(_bg=True, _new_session=True, _env=env or _clean_env())
+        kwargs: dict = {"_bg": True, "_bg_exc": False, "_new_session": True, "_env": env or _clean_env()}
         logf = None
         if log is not None:
             log.parent.mkdir(parents=True, exist_ok=True)

@@ -121,7 +121,7 @@ def describe_plan(targets: list[str], settings: Settings, read_store: bool = Tru
                         calls.append(shlex.join(bd.argv("config", *c.args, "$CTR")))
                     elif isinstance(c, HostCall):
                         calls.append(c.description)
-                status = "pending" if (not alive or r.pending) and not hit else ("hit" if hit else "miss")
+                status = "hit" if hit else "miss"  # after a miss every later step runs too
                 steps.append({"index": i, "kind": r.kind, "summary": r.summary, "status": status,
                               "key": key if alive else None, "calls": calls})
             if hit:
@@ -130,10 +130,10 @@ def describe_plan(targets: list[str], settings: Settings, read_store: bool = Tru
                 alive = False
         for _, r in trailing:
             i += 1
-            steps.append({"index": i, "kind": r.kind, "summary": r.summary, "status": "miss" if alive else "pending",
+            steps.append({"index": i, "kind": r.kind, "summary": r.summary, "status": "miss",
                           "key": None, "calls": [shlex.join(bd.argv("config", *c.args, "$CTR")) for c in r.calls]})
         ref = node.recipe.image_ref()
-        final_status = "hit" if alive and ref in index else ("miss" if alive else "pending")
+        final_status = "hit" if alive and ref in index else "miss"
         steps.append({"index": i + 1, "kind": "final", "summary": f"commit {ref}", "status": final_status,
                       "key": None, "calls": [shlex.join(bd.argv("commit", *(["--squash"] if node.squash else []),
                                                               "$CTR", ref))]})
