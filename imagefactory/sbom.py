@@ -146,6 +146,7 @@ class Inventory:
     components: list[Component]
     license_refs: dict[str, str] = field(default_factory=dict)  # LicenseRef-x -> original license name
     notes: list[str] = field(default_factory=list)
+    image_license: str | None = None  # from the org.opencontainers.image.licenses label
 
     def by_kind(self, kind: str) -> list[Component]:
         return [c for c in self.components if c.kind == kind]
@@ -487,7 +488,7 @@ _RPM_QF = "%{NAME}\\t%{EPOCHNUM}\\t%{VERSION}\\t%{RELEASE}\\t%{ARCH}\\t%{LICENSE
 
 
 def collect_rpm(root: Path, osr: dict[str, str], refs: dict[str, str], notes: list[str]) -> list[Component]:
-    if not (root / RPM_DB).exists() and not (root / "usr/lib/sysimage/rpm").exists():
+    if not _resolve_in_root(root, RPM_DB).exists() and not _resolve_in_root(root, "usr/lib/sysimage/rpm").exists():
         return []
     rpm = shutil.which("rpm")
     if not rpm:
@@ -719,8 +720,9 @@ def collect(
     for c in comps:
         uniq.setdefault(c.ref, c)
     comps = sorted(uniq.values(), key=Component.sort_key)
-    return Inventory(facts=facts, os_release=osr, components=comps,
-                     license_refs=dict(sorted(refs.items())), notes=notes)
+    image_license = _normalize_expression(facts.labels.get("org.opencontainers.image.licenses"), refs)
+    return Inventory(facts=facts, os_release=osr, components=comps, license_refs=dict(sorted(refs.items())),
+                     notes=notes, image_license=image_license)
 
 
 def summary(inv: Inventory) -> dict[str, int]:
@@ -885,11 +887,7 @@ def build_spdx(inv: Inventory):
     image_comment += f"\nplatform {facts.platform}"
     if labels:
         image_comment += "\nlabels:\n" + labels
-    image_license = None
-    lab_lic = facts.labels.get("org.opencontainers.image.licenses")
-    if lab_lic:
-        expr = _normalize_expression(lab_lic, inv.license_refs)
-        image_license = lic.parse(expr) if expr else None
+    image_license = lic.parse(inv.image_license) if inv.image_license else None
     packages = [Package(
         spdx_id=image_id,
         name=facts.name,
@@ -1064,6 +1062,7 @@ def build_cyclonedx(inv: Inventory):
     image = CdxComponent(
         type=ComponentType.CONTAINER, name=facts.name, version=facts.tag, bom_ref=image_purl,
         purl=purl(image_purl), properties=image_props,
+        licenses=_cdx_licenses(inv.image_license, inv.license_refs),
         pedigree=Pedigree(ancestors=ancestors) if ancestors else None,
     )
 

@@ -305,14 +305,22 @@ def test_minimal_root_notes_and_rpm_skip(tmp_path, monkeypatch):
     (root / "var/lib/rpm").mkdir(parents=True)
     monkeypatch.setattr(sbom.shutil, "which", lambda _name: None)
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
-    facts = ImageFacts(name="tiny", tag="1", image_id="d" * 64, platform="ubi9", created="2026-02-03T04:05:06Z")
+    facts = ImageFacts(name="registry.example/team/tiny", tag="1", image_id="d" * 64, platform="ubi9",
+                       created="2026-02-03T04:05:06Z",
+                       labels={"org.opencontainers.image.licenses": "Apache-2.0 AND Custom License"})
     inv = sbom.collect(root, facts)
     assert sbom.summary(inv) == {"deb": 0, "rpm": 0, "source": 0, "npm": 0, "total": 0}
     assert any("rpm command is not available" in n for n in inv.notes)
     assert any("no build manifest" in n for n in inv.notes)
     paths = sbom.write_sboms(root, facts, tmp_path / "out")
+    assert paths["spdx"].name == "tiny.spdx.json"
     doc, cdx = assert_sbom_valid(paths["spdx"], paths["cyclonedx"])
     assert doc.creation_info.created.isoformat().startswith("2026-02-03T04:05:06")
+    assert cdx["metadata"]["component"]["purl"] == (
+        f"pkg:oci/tiny@sha256:{'d' * 64}?repository_url=registry.example/team/tiny&tag=1")
+    assert cdx["metadata"]["component"]["licenses"] == [
+        {"license": {"name": "Apache-2.0 AND Custom License"}}]
+    assert str(doc.packages[0].license_declared) == "LicenseRef-Apache-2.0-AND-Custom-License"
 
 
 def test_bad_manifest_raises(tmp_path):
