@@ -92,11 +92,14 @@ rgw_admin() {
 RGW_ADMIN_INFO=/var/lib/ceph/tmp/radosgw-admin.user.json
 if rgw_admin user info --uid="$RGW_ADMIN_UID" >"$RGW_ADMIN_INFO" 2>/dev/null; then
     log "S3 user '$RGW_ADMIN_UID' already exists"
-    # Make sure the configured key pair is attached (no-op when it already is).
+    # Never modify an existing DBStore user (`key create`, `user modify`):
+    # DBStore rewrites the user row with INSERT OR REPLACE, and the bucket
+    # table's ON DELETE CASCADE then drops all of that user's buckets. DBStore
+    # also looks up only one access key per user.
     if ! grep -q "\"access_key\": \"$AWS_ACCESS_KEY_ID\"" "$RGW_ADMIN_INFO"; then
-        log "adding the configured access key to '$RGW_ADMIN_UID'"
-        rgw_admin key create --uid="$RGW_ADMIN_UID" --key-type=s3 \
-            --access-key="$AWS_ACCESS_KEY_ID" --secret-key="$AWS_SECRET_ACCESS_KEY" >/dev/null
+        log "WARNING: AWS_ACCESS_KEY_ID is not the access key of the existing S3 user" \
+            "'$RGW_ADMIN_UID'; leaving the user unchanged (changing keys would delete" \
+            "its buckets). Use the original keys, or start with an empty /var/lib/ceph/radosgw."
     fi
 else
     log "creating S3 user '$RGW_ADMIN_UID'"
@@ -104,6 +107,8 @@ else
         --access-key="$AWS_ACCESS_KEY_ID" --secret-key="$AWS_SECRET_ACCESS_KEY" >/dev/null
 fi
 rm -f "$RGW_ADMIN_INFO" "$RGW_ADMIN_OUT" "$RGW_ADMIN_ERR"
+# SQLite creates its files 0644 whatever the umask: keep them usable by group 0.
+chmod g+rw /var/lib/ceph/radosgw/*.db 2>/dev/null || true
 
 # supervisord re-opens /dev/stdout and /dev/stderr for the program logs. The
 # container runtimes (runc, crun) hand the stdio pipes to the container user,
