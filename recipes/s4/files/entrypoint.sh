@@ -117,7 +117,7 @@ chmod g+rw /var/lib/ceph/radosgw/*.db 2>/dev/null || true
 # (The probe runs in a subshell: a failed redirection must not end this shell.)
 if ! (true >>/dev/stdout && true >>/dev/stderr) 2>/dev/null; then
     log "/dev/stdout is not re-openable by uid $(id -u): relaying logs through a FIFO"
-    fifo=/tmp/s4-stdout.fifo
+    fifo=/tmp/supervisord-stdout.fifo
     rm -f "$fifo"
     mkfifo -m 0600 "$fifo"
     cat "$fifo" &
