@@ -143,6 +143,7 @@ def load(config_file: str | None = None, env: dict[str, str] | None = None,
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of settings at the top level")
         _apply(settings, {k.replace("-", "_"): v for k, v in data.items()}, f"config file {path}")
+        _anchor_paths(settings, path.resolve().parent)
     from_env = {}
     for name in _FIELDS:
         key = ENV_PREFIX + name.upper()
@@ -153,6 +154,22 @@ def load(config_file: str | None = None, env: dict[str, str] | None = None,
     _apply(settings, from_env, "environment")
     _apply(settings, {k: v for k, v in (overrides or {}).items() if v is not None}, "command line")
     return settings
+
+
+_PATH_LISTS = ("source_mirrors", "recipe_paths")
+
+
+def _anchor_paths(settings: Settings, folder: Path) -> None:
+    """Relative folders in a config file mean: relative to that file, not to the caller's cwd."""
+    for name in _PATH_LISTS:
+        anchored = []
+        for entry in getattr(settings, name):
+            module_name = name == "recipe_paths" and "/" not in entry and not entry.endswith(".py")
+            if "://" in entry or Path(entry).is_absolute() or module_name:
+                anchored.append(entry)
+            else:
+                anchored.append(str((folder / entry).resolve()))
+        setattr(settings, name, anchored)
 
 
 def _apply(settings: Settings, data: dict[str, Any], source: str) -> None:

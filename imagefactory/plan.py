@@ -225,14 +225,8 @@ def build_plan(targets: Iterable[str | type[Recipe]], settings: Settings) -> Pla
 
     for recipe in wanted:
         visit(recipe)
-    parents_of_others = set()
-    for cls in REGISTRY:
-        try:
-            p = cls.declared_parent()
-        except Exception:  # pragma: no cover - defensive
-            continue
-        if isinstance(p, type):
-            parents_of_others.add(p.name)
+    parents_of_others = {p.name for p in (cls.declared_parent() for cls in REGISTRY)
+                         if isinstance(p, type) and p.is_concrete()}
     for node in order:
         node.leaf = node.name not in parents_of_others and not node.recipe.hidden and not _is_stage(node.recipe)
     return Plan(settings, platform, order, wanted)

@@ -1,0 +1,27 @@
+# Developer shortcuts; each mirrors a command in the README.
+
+# build one or more targets (e.g. `just build ci`)
+build +TARGETS:
+    python -m imagefactory build {{TARGETS}}
+
+# the whole test suite, as CI runs it
+test:
+    python -m pytest -n 2 --dist loadgroup
+
+# fast tests only (no image builds)
+unit:
+    python -m pytest -n 2 -m "not e2e and not slow"
+
+# end-to-end image builds and runs, in one shared private store
+e2e:
+    python -m pytest -m e2e
+
+lint:
+    ruff check imagefactory recipes tests bench
+
+# imagefactory against the equivalent Containerfile (see README, Performance)
+bench:
+    python bench/bench.py
+
+setup:
+    ci/setup

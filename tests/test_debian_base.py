@@ -1,0 +1,51 @@
+"""The real Debian 13 slim base, bootstrapped by the tool, with apt working inside it.
+
+Runs in the shared e2e store so the ocserv e2e builds reuse this base instead of
+bootstrapping it again.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from imagefactory import Install, Recipe, Run
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("e2e")]
+
+
+class AptProbe(Recipe):
+    """Installs a package with apt inside the slim base and runs it."""
+
+    name = "imagefactory-test-apt-probe"
+    base = "slim"
+    hidden = True
+
+    def steps(self):
+        yield Install("hello")
+        yield Run("hello > /hello.out && test -s /hello.out")
+
+
+def test_slim_base_bootstraps_and_apt_works(e2e_store, tmp_path):
+    from imagefactory.execute import Executor
+    from imagefactory.plan import build_plan
+
+    settings = e2e_store.settings()
+    report = Executor(settings, e2e_store.buildah()).execute(build_plan([AptProbe], settings))
+    assert report.ok, report.to_dict()
+    bd = e2e_store.buildah()
+    slim = "localhost/imagefactory-base-debian-slim:latest"
+    with bd.mounted_image(slim) as root:
+        assert "13" in (root / "etc/debian_version").read_text() or "trixie" in (root / "etc/os-release").read_text()
+        assert not any((root / "usr/share/man").iterdir()), "slim drops man pages"
+        assert not list((root / "var/lib/apt/lists").glob("*_Packages")), "slim drops apt lists"
+        assert (root / "etc/dpkg/dpkg.cfg.d/imagefactory-slim").is_file()
+    with bd.mounted_image(AptProbe.image_ref()) as root:
+        assert "Hello, world!" in (root / "hello.out").read_text()
+        assert not (root / "usr/share/doc/hello/changelog.Debian.gz").exists(), "dpkg excludes docs in slim"
+        assert (root / "usr/share/doc/hello/copyright").exists(), "copyright kept for SBOM licenses"
+    # the base is itself a cached build: a second run starts no container
+    again = Executor(settings, e2e_store.buildah()).execute(build_plan([AptProbe], settings))
+    assert again.containers_started == 0
+    assert json.dumps(again.to_dict())
