@@ -18,6 +18,6 @@ __version__ = "0.1.0"
 __all__ = [
     "AddUser", "BuildFailed", "BuildReport", "Buildah", "BuildahError", "Cmd", "Config", "ConfigError", "Copy",
     "CopyFrom", "Entrypoint", "Env", "Executor", "Expose", "Healthcheck", "Install", "Label", "Mount", "Plan",
-    "PlanError", "REGISTRY", "Recipe", "RecipeError", "Runtime", "Settings", "Step", "StorageOptions", "User",
+    "PlanError", "REGISTRY", "Recipe", "RecipeError", "Run", "Runtime", "Settings", "Step", "StorageOptions", "User",
     "Volume", "Workdir", "build_plan", "load_recipes", "load_settings",
 ]
