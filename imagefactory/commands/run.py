@@ -53,7 +53,7 @@ def _split_remainder(args: argparse.Namespace, settings: Settings) -> Settings:
         return settings
     from ..cli import parser
 
-    again = parser().parse_args([args.command, args.target, *options])
+    again = parser().parse_args([args.command, *options, args.target])  # options first: no REMAINDER
     for key, value in vars(again).items():
         if key != "cmd" and value not in (None, False, []):
             setattr(args, key, value)
