@@ -1,0 +1,62 @@
+"""`verify`: prove the ELF files under /usr/local of an image are hardened (and the image fits its budget)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..buildah import BuildahError
+from ..cli import EXIT_FAIL, EXIT_OK, buildah_for, command, console, err_console
+from ..config import Settings
+from ..recipe import REGISTRY, Recipe, RecipeError
+from ..verify import PROFILES, check_size, print_report, verify_tree
+
+
+def _args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", metavar="IMAGE_OR_TARGET", help="a target name (see `list`) or an image reference/ID")
+    p.add_argument("--profile", choices=PROFILES,
+                   help="check every file against this profile (default: per file from the build manifest)")
+    p.add_argument("--size", action="store_true", help="also check the image size against the recipe's size_budget_mb")
+    p.add_argument("--prefix", default="/usr/local", help="folder to check (default /usr/local)")
+
+
+def resolve_image(name: str) -> tuple[str, type[Recipe] | None]:
+    """A known target or recipe name maps to its image ref; anything else is taken as an image reference."""
+    try:
+        recipe = REGISTRY.get(name)
+    except RecipeError:
+        return name, None
+    return recipe.image_ref(), recipe
+
+
+@command("verify", "check hardening of the ELF files under /usr/local of an image (no container is run)", _args)
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    ref, recipe = resolve_image(args.image)
+    bd = buildah_for(settings)
+    try:
+        with bd.mounted_image(ref) as root:
+            report = verify_tree(root, prefix=args.prefix, profile=args.profile)
+    except ValueError as exc:  # the manifest does not say which profile a file was built with
+        err_console.print(f"[bold red]error:[/] {ref}: {exc}", highlight=False)
+        args._report_data = {"image": ref, "ok": False, "error": str(exc)}
+        return EXIT_FAIL
+    except BuildahError as exc:
+        err_console.print(f"[bold red]error:[/] cannot read image {ref}: {exc.stderr_tail.strip()}", highlight=False)
+        args._report_data = {"image": ref, "ok": False, "error": exc.stderr_tail}
+        return EXIT_FAIL
+    if args.size:
+        size = _image_size(bd, ref)
+        budget = recipe.size_budget_mb if recipe is not None else None
+        report.image_checks.append(check_size(size, budget))
+    print_report(report, console)
+    data = report.to_dict()
+    data["image"] = ref
+    args._report_data = data
+    return EXIT_OK if report.ok else EXIT_FAIL
+
+
+def _image_size(bd, ref: str) -> int:
+    image_id = bd.inspect(ref).get("FromImageID", "").removeprefix("sha256:")
+    for rec in bd.images():
+        if rec.id == image_id or ref in rec.names:
+            return rec.size
+    return 0

@@ -1,0 +1,276 @@
+"""Build a pinned C library from source inside an image: one step, one layer, sources never committed.
+
+:class:`BuildLibrary` renders to ONE ``RUN`` that
+
+1. sees the verified archive through a read-only bind mount at ``/run/imagefactory/src`` (the
+   content-addressed cache folder holding just that file) and the library's patches at
+   ``/run/imagefactory/patches``;
+2. extracts to a temporary folder, applies ``patches/<library>/<version>/*.patch`` in name
+   order with ``patch -p1``;
+3. configures (autotools / CMake / a custom script) with the profile's flags, builds with
+   ``-j$(nproc)``, installs into a staging folder, strips shared objects and executables in
+   release profiles, and copies the staged tree to ``/usr/local``;
+4. writes ``/usr/local/share/imagefactory/manifest.d/<library>.json`` and regenerates
+   ``/usr/local/share/imagefactory/manifest.json`` (schema 1, read by ``sbom`` and ``verify``),
+   runs ``ldconfig`` and removes the sources.
+
+Rendering fetches (cache first, so a warm cache needs no network) and verifies the archive:
+the step's cache key covers the archive's sha256, each patch's bytes and the profile's flags.
+Build dependencies are the recipe's job: ``Install(*BUILD_DEPS)`` before the first library.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from .buildah import Mount
+from .sources import FetchedArchive, SourcePin, Sources
+from .steps import Rendered, RunCall, Step, StepError
+from .toolchain import Profile
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .plan import RenderContext
+
+PREFIX = "/usr/local"
+SRC_MOUNT = "/run/imagefactory/src"
+PATCH_MOUNT = "/run/imagefactory/patches"
+MANIFEST_DIR = "/usr/local/share/imagefactory/manifest.d"
+MANIFEST = "/usr/local/share/imagefactory/manifest.json"
+PATCHES_ROOT = Path(__file__).resolve().parent.parent / "patches"
+KINDS = ("autotools", "cmake", "custom")
+
+# Debian package names a BuildLibrary step needs in the image (recipes install them).
+BUILD_DEPS: tuple[str, ...] = (
+    "gcc", "g++", "libc6-dev", "make", "cmake", "pkgconf",
+    "autoconf", "automake", "libtool-bin",  # wolfSSL's GitHub archive has no configure: autogen.sh
+    "patch", "xz-utils", "gzip", "tar", "file", "binutils",
+)
+
+# llhttp's generated C sources are the same in its release archive and in every vendored copy
+# (e.g. httptools' sdist, which has no CMakeLists.txt), so we build them by hand.
+LLHTTP_BUILD = r"""
+soname="libllhttp.so.${VERSION%%.*}"
+for f in api http llhttp; do
+  cc $CFLAGS -Iinclude -c "src/$f.c" -o "$f.o"
+done
+cc $CFLAGS $LDFLAGS -shared -Wl,-soname,"$soname" -o "libllhttp.so.$VERSION" api.o http.o llhttp.o
+ar rcs libllhttp.a api.o http.o llhttp.o
+install -d "$STAGE$PREFIX/lib/pkgconfig" "$STAGE$PREFIX/include"
+install -m 0644 include/llhttp.h "$STAGE$PREFIX/include/llhttp.h"
+install -m 0755 "libllhttp.so.$VERSION" "$STAGE$PREFIX/lib/"
+install -m 0644 libllhttp.a "$STAGE$PREFIX/lib/"
+ln -sf "libllhttp.so.$VERSION" "$STAGE$PREFIX/lib/$soname"
+ln -sf "$soname" "$STAGE$PREFIX/lib/libllhttp.so"
+cat > "$STAGE$PREFIX/lib/pkgconfig/llhttp.pc" <<EOF
+prefix=$PREFIX
+exec_prefix=\${prefix}
+libdir=\${exec_prefix}/lib
+includedir=\${prefix}/include
+
+Name: llhttp
+Description: Port of http_parser to llparse
+URL: https://github.com/nodejs/llhttp
+Version: $VERSION
+Libs: -L\${libdir} -lllhttp
+Cflags: -I\${includedir}
+EOF
+"""
+
+
+@dataclass(frozen=True)
+class LibrarySpec:
+    """A pinned library plus how to build it.
+
+    kind       ``autotools`` (``./configure``; ``./autogen.sh`` first when there is no configure),
+               ``cmake``, or ``custom`` (``script`` runs in the source tree).
+    options    configure / ``-D`` options, recorded in the manifest.
+    extra_cflags / extra_ldflags  appended to the profile for this library only.
+    script     the custom build; sees $CFLAGS $CXXFLAGS $LDFLAGS $EXE_LDFLAGS $PREFIX $STAGE
+               $VERSION $JOBS and must install into ``$STAGE$PREFIX``.
+    """
+
+    pin: SourcePin
+    kind: str
+    options: tuple[str, ...] = ()
+    extra_cflags: tuple[str, ...] = ()
+    extra_ldflags: tuple[str, ...] = ()
+    script: str | None = None
+    patch_root: Path | None = None  # default: the repository's patches/
+    pkgconfig: tuple[str, ...] = ()  # .pc names the build must install (checked in the step)
+    labels_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise StepError(f"{self.pin.library}: kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind == "custom" and not self.script:
+            raise StepError(f"{self.pin.library}: a custom build needs a script")
+
+    @property
+    def name(self) -> str:
+        return self.pin.library
+
+    @property
+    def version(self) -> str:
+        return self.pin.version
+
+    def profile_for(self, profile: Profile) -> Profile:
+        if not (self.extra_cflags or self.extra_ldflags):
+            return profile
+        return profile.with_(extra_cflags=self.extra_cflags, extra_cxxflags=self.extra_cflags,
+                             extra_ldflags=self.extra_ldflags)
+
+    def patch_dir(self) -> Path:
+        return (self.patch_root or PATCHES_ROOT) / self.name / self.version
+
+    def patches(self) -> list[Path]:
+        folder = self.patch_dir()
+        return sorted(folder.glob("*.patch"), key=lambda p: p.name) if folder.is_dir() else []
+
+
+@dataclass
+class BuildLibrary(Step):
+    """Compile, install and record one library (see the module docstring)."""
+
+    spec: LibrarySpec
+    profile: Profile
+    kind: ClassVar[str] = "library"
+    _sources: Sources | None = field(default=None, repr=False, compare=False)
+
+    def render(self, ctx: RenderContext) -> Rendered:
+        sources = self._sources or Sources.from_settings(ctx.settings, digest=ctx.digests.file)
+        archive = sources.fetch(self.spec.pin)
+        patches = [(p, ctx.digests.file(p)) for p in self.spec.patches()]
+        profile = self.spec.profile_for(self.profile)
+        script = build_script(self.spec, archive, [(p.name, sha) for p, sha in patches], profile)
+        mounts = [Mount(target=SRC_MOUNT, source=str(archive.folder), type="bind", readonly=True)]
+        if patches:
+            mounts.append(Mount(target=PATCH_MOUNT, source=str(self.spec.patch_dir()), type="bind", readonly=True))
+        call = RunCall(("/bin/sh", "-ec", script), (("LC_ALL", "C.UTF-8"),), mounts=tuple(mounts))
+        inputs = [f"archive {archive.filename} sha256:{archive.sha256}",
+                  *(f"patch {p.name} sha256:{sha}" for p, sha in patches)]
+        alt = "" if archive.is_primary else " (alternate archive)"
+        summary = (f"{self.spec.name} {self.spec.version} [{profile.name}] from {archive.filename}{alt}"
+                   + (f" + {len(patches)} patch(es)" if patches else ""))
+        return Rendered(self.kind, summary, [call], inputs)
+
+
+def manifest_entry(spec: LibrarySpec, archive: FetchedArchive, patches: list[tuple[str, str]],
+                   profile: Profile) -> dict:
+    """The manifest fragment, without ``files`` (the build fills that in)."""
+    pin = spec.pin
+    return {
+        "name": pin.library,
+        "version": pin.version,
+        "license": pin.license,
+        "purl": pin.purl,
+        "upstream_url": pin.url,
+        "homepage": pin.homepage,
+        "archive": {"name": archive.filename, "sha256": archive.sha256,
+                    "url": pin.url if archive.is_primary else None,
+                    "alternate": not archive.is_primary, "tree_root": archive.tree_root},
+        "patches": [{"name": name, "sha256": sha} for name, sha in patches],
+        "profile": profile.name,
+        "flags": profile.flags(),
+        "options": list(spec.options),
+        "build": spec.kind,
+    }
+
+
+def build_script(spec: LibrarySpec, archive: FetchedArchive, patches: list[tuple[str, str]],
+                 profile: Profile) -> str:
+    """The shell script of the RUN: everything the cache key needs, nothing host-specific."""
+    q = shlex.quote
+    entry = manifest_entry(spec, archive, patches, profile)
+    head = json.dumps(entry, sort_keys=False)[:-1] + ', "files": ['
+    tree = archive.tree_root.strip("/")
+    lines = [
+        "umask 022",
+        f"export PREFIX={PREFIX} VERSION={q(spec.version)}",
+        f"export CFLAGS={q(profile.CFLAGS)}",
+        f"export CXXFLAGS={q(profile.CXXFLAGS)}",
+        f"export LDFLAGS={q(profile.LDFLAGS)}",
+        f"export EXE_LDFLAGS={q(' '.join(profile.exe_ldflags))}",
+        'JOBS=$(nproc); export JOBS',
+        f"W=$(mktemp -d -t imagefactory-{spec.name}.XXXXXX)",
+        "trap 'rm -rf \"$W\"' EXIT INT TERM",
+        'STAGE="$W/stage"; export STAGE',
+        'mkdir -p "$W/src" "$STAGE"',
+        f"tar -xf {q(SRC_MOUNT + '/' + archive.filename)} -C \"$W/src\"",
+        f"cd \"$W/src\"/{q(tree)}",
+    ]
+    for name, _sha in patches:
+        lines += [f"echo 'imagefactory: applying {name}'",
+                  f"patch -p1 --forward --batch -i {q(PATCH_MOUNT + '/' + name)}"]
+    lines += _configure_build_install(spec, profile)
+    lines += [
+        'find "$STAGE" -name "*.la" -delete',
+    ]
+    if profile.strip:
+        lines += [
+            "# release: strip shared objects and executables (never static archives)",
+            'find "$STAGE" -type f \\( -name "*.so" -o -name "*.so.*" -o -perm -u+x \\) | while read -r f; do',
+            '  if [ "$(head -c 4 "$f" | od -An -tx1 | tr -d " \\n")" = 7f454c46 ]; then strip --strip-unneeded "$f"; fi',
+            "done",
+        ]
+    for pc in spec.pkgconfig:
+        lines.append(f'test -f "$STAGE{PREFIX}/lib/pkgconfig/{pc}" || '
+                     f'{{ echo "imagefactory: {spec.name} did not install {pc}" >&2; exit 1; }}')
+    frag = f"{MANIFEST_DIR}/{spec.name}.json"
+    lines += [
+        "# manifest: the exact installed files, then the merged manifest.json",
+        'FILES=$(cd "$STAGE" && find . \\( -type f -o -type l \\) | LC_ALL=C sort | sed "s|^\\./|/|")',
+        'case "$FILES" in *\\"*|*\\\\*) echo "imagefactory: unexpected file name" >&2; exit 1;; esac',
+        f'mkdir -p "$STAGE"{MANIFEST_DIR}',
+        f'{{ printf "%s" {q(head)}; printf "%s\\n" "$FILES" | sed "s/.*/\\"&\\"/" | paste -sd, -; '
+        f'printf "]}}\\n"; }} > "$STAGE"{frag}',
+        'cp -a "$STAGE"/. /',
+        "ldconfig",
+        f'cd /; M={MANIFEST}; {{ printf \'{{"schema": 1, "libraries": [\'; sep=""; '
+        f'for f in {MANIFEST_DIR}/*.json; do printf "%s" "$sep"; tr -d "\\n" < "$f"; sep=", "; done; '
+        'printf "]}\\n"; } > "$M.tmp"; mv "$M.tmp" "$M"',
+        f"echo 'imagefactory: installed {spec.name} {spec.version} ({profile.name})'",
+    ]
+    return "\n".join(lines)
+
+
+def _configure_build_install(spec: LibrarySpec, profile: Profile) -> list[str]:
+    q = shlex.quote
+    opts = " ".join(q(o) for o in spec.options)
+    if spec.kind == "autotools":
+        return [
+            "[ -x ./configure ] || ./autogen.sh",
+            f"./configure --prefix={PREFIX} --libdir={PREFIX}/lib --enable-shared --enable-static {opts}".rstrip(),
+            'make -j"$JOBS"',
+            'make install DESTDIR="$STAGE"',
+        ]
+    if spec.kind == "cmake":
+        # Our flags come from CFLAGS/CXXFLAGS/LDFLAGS; the per-build-type flags are emptied so
+        # CMake's -O3/-O2 defaults cannot override the profile (debug keeps asserts, release -DNDEBUG).
+        bt, bt_flags = ("Release", "-DNDEBUG") if not profile.debug else ("RelWithDebInfo", "")
+        up = bt.upper()
+        return [
+            f'cmake -S . -B "$W/build" -DCMAKE_INSTALL_PREFIX={PREFIX} -DCMAKE_INSTALL_LIBDIR=lib '
+            f"-DCMAKE_BUILD_TYPE={bt} -DCMAKE_C_FLAGS_{up}={q(bt_flags)} -DCMAKE_CXX_FLAGS_{up}={q(bt_flags)} "
+            f"-DCMAKE_POSITION_INDEPENDENT_CODE=ON -DBUILD_TESTING=OFF {opts}".rstrip(),
+            'cmake --build "$W/build" -j "$JOBS"',
+            'DESTDIR="$STAGE" cmake --install "$W/build"',
+        ]
+    return [spec.script.strip()]  # custom
+
+
+def library_labels(libs, prefix: str = "io.imagefactory.lib.") -> dict[str, str]:
+    """OCI labels with each library's version, e.g. ``io.imagefactory.lib.wolfssl=5.9.2``."""
+    out = {}
+    for lib in libs:
+        spec = lib.spec if isinstance(lib, BuildLibrary) else lib
+        pin = spec.pin if isinstance(spec, LibrarySpec) else spec
+        out[f"{prefix}{(getattr(spec, 'labels_name', None) or pin.library).lower()}"] = pin.version
+    return out
+
+
+__all__ = ["BUILD_DEPS", "LLHTTP_BUILD", "MANIFEST", "MANIFEST_DIR", "BuildLibrary", "LibrarySpec",
+           "build_script", "library_labels", "manifest_entry"]

@@ -1,0 +1,392 @@
+"""Pinned source archives: fetched from a content-addressed cache, mirrors or upstream, every byte verified.
+
+A :class:`SourcePin` names one release: its upstream archive (URL, file name, sha256, the
+folder inside it that holds the tree) plus *alternate* archives that carry the same release
+tree as a different byte stream (a distribution's snapshot, a vendoring sdist). Each
+alternate has its own sha256 and tree root, so an archive is accepted only if its bytes are
+exactly one of the pinned ones.
+
+Fetch order for :func:`fetch`:
+
+1. the cache ``<source_cache>/<sha256>/<filename>`` (re-hashed on every hit);
+2. each entry of ``settings.source_mirrors`` in order: a local folder (or ``file://`` URL)
+   or an ``http(s)://`` prefix, asking for the primary file name, then each alternate's;
+3. the upstream URL.
+
+Downloads go to a temporary file inside the cache folder, are hashed while streaming, and
+are moved into place with one atomic rename only after the hash matched. Network errors,
+HTTP 5xx and truncated transfers are retried with exponential backoff (tenacity); 404 moves
+on to the next candidate; a hash mismatch is a hard :class:`SourceError` naming the file and
+both digests, and the bytes are thrown away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import os
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import Settings
+
+CHUNK = 1 << 16
+USER_AGENT = "imagefactory-sources/1"
+
+
+class SourceError(RuntimeError):
+    """A source archive is missing everywhere, or its bytes do not match the pin."""
+
+
+class _Transient(Exception):
+    """A failure worth retrying: connection errors, timeouts, HTTP 5xx, short reads."""
+
+
+class _NotFound(Exception):
+    """This candidate does not exist here (404, missing file); try the next one."""
+
+
+@dataclass(frozen=True)
+class Alternate:
+    """Another byte stream holding the same release tree (e.g. a distro snapshot)."""
+
+    filename: str
+    sha256: str
+    tree_root: str
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One acceptable archive of a pin: the primary or an alternate."""
+
+    filename: str
+    sha256: str
+    tree_root: str
+    primary: bool
+
+
+@dataclass(frozen=True)
+class SourcePin:
+    library: str
+    version: str
+    license: str  # SPDX expression
+    url: str  # upstream download URL of the primary archive
+    sha256: str
+    filename: str
+    tree_root: str
+    purl: str
+    alternates: tuple[Alternate, ...] = ()
+    homepage: str | None = None
+
+    def __post_init__(self) -> None:
+        for sha in (self.sha256, *(a.sha256 for a in self.alternates)):
+            if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+                raise ValueError(f"{self.library} {self.version}: {sha!r} is not a lowercase sha256 hex digest")
+        _PINS[(self.library, self.version)] = self
+
+    @property
+    def name(self) -> str:
+        return self.library
+
+    def candidates(self) -> list[Candidate]:
+        return [Candidate(self.filename, self.sha256, self.tree_root, True),
+                *(Candidate(a.filename, a.sha256, a.tree_root, False) for a in self.alternates)]
+
+    def by_sha256(self, sha: str) -> Candidate | None:
+        return next((c for c in self.candidates() if c.sha256 == sha), None)
+
+
+_PINS: dict[tuple[str, str], SourcePin] = {}
+
+
+def known_pins() -> list[SourcePin]:
+    """Every pin defined so far (pins register themselves); loads the shipped recipes first."""
+    from .recipe import load_recipes
+
+    with contextlib.suppress(Exception):
+        load_recipes()
+    return sorted(_PINS.values(), key=lambda p: (p.library, p.version))
+
+
+@dataclass(frozen=True)
+class FetchedArchive:
+    pin: SourcePin
+    path: Path
+    filename: str
+    sha256: str
+    tree_root: str
+    url_used: str  # where the bytes came from ("cache:" + original source when from the cache)
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    @property
+    def is_primary(self) -> bool:
+        return self.sha256 == self.pin.sha256
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff for transient network errors; tests pass tiny waits."""
+
+    attempts: int = 5
+    initial: float = 1.0
+    maximum: float = 30.0
+    timeout: float = 60.0  # per connection / read
+
+
+@dataclass
+class ImportResult:
+    imported: list[tuple[str, str]] = field(default_factory=list)  # (file, "library version")
+    already: list[tuple[str, str]] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+
+    def to_dict(self) -> dict:
+        return {k: [list(x) for x in getattr(self, k)] for k in ("imported", "already", "refused")}
+
+
+class Sources:
+    """The fetcher: one cache folder, a list of mirrors, a retry policy."""
+
+    def __init__(self, cache: str | Path, mirrors: Iterable[str] = (), retry: RetryPolicy | None = None,
+                 digest: Callable[[Path], str] | None = None, log: Callable[[str], None] | None = None):
+        self.cache = Path(cache).expanduser()
+        self.mirrors = [m for m in mirrors if m]
+        self.retry = retry or RetryPolicy()
+        self._digest = digest or sha256_file
+        self.log = log or (lambda msg: None)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kw) -> Sources:
+        return cls(settings.source_cache, settings.source_mirrors, **kw)
+
+    # -- cache -----------------------------------------------------------------
+    def cache_path(self, c: Candidate) -> Path:
+        return self.cache / c.sha256 / c.filename
+
+    def cached(self, pin: SourcePin) -> FetchedArchive | None:
+        """The first pinned archive already in the cache whose bytes still match; no network."""
+        for c in pin.candidates():
+            path = self.cache_path(c)
+            if not path.is_file():
+                continue
+            actual = self._digest(path)
+            if actual == c.sha256:
+                return FetchedArchive(pin, path, c.filename, c.sha256, c.tree_root, f"cache:{c.filename}")
+            self.log(f"cache entry {path} is corrupt (sha256 {actual}); removing it")
+            path.unlink(missing_ok=True)
+        return None
+
+    # -- fetch -----------------------------------------------------------------
+    def fetch(self, pin: SourcePin) -> FetchedArchive:
+        hit = self.cached(pin)
+        if hit:
+            return hit
+        tried: list[str] = []
+        for mirror in self.mirrors:
+            for c in pin.candidates():
+                url = _join(mirror, c.filename)
+                got = self._try(pin, c, url, tried)
+                if got:
+                    return got
+        got = self._try(pin, pin.candidates()[0], pin.url, tried)
+        if got:
+            return got
+        raise SourceError(f"{pin.library} {pin.version}: no source archive found; tried "
+                          + "; ".join(tried)
+                          + ". Add a mirror (`source_mirrors`) or seed the cache with `imagefactory sources import DIR`.")
+
+    def _try(self, pin: SourcePin, c: Candidate, url: str, tried: list[str]) -> FetchedArchive | None:
+        try:
+            path = self._download(url, c)
+        except _NotFound as exc:
+            tried.append(f"{url} ({exc})")
+            return None
+        except _Transient as exc:
+            tried.append(f"{url} ({exc}, after {self.retry.attempts} attempts)")
+            return None
+        self.log(f"{pin.library} {pin.version}: {c.filename} from {url}")
+        return FetchedArchive(pin, path, c.filename, c.sha256, c.tree_root, url)
+
+    def _download(self, url: str, c: Candidate) -> Path:
+        local = _local_path(url)
+        if local is not None:
+            if not local.is_file():
+                raise _NotFound("no such file")
+            return self._store(lambda out: _copy_stream(local.open("rb"), out, None), c, url)
+        retrying = Retrying(
+            stop=stop_after_attempt(max(1, self.retry.attempts)),
+            wait=wait_exponential(multiplier=self.retry.initial, max=self.retry.maximum),
+            retry=retry_if_exception_type(_Transient),
+            reraise=True,
+        )
+        try:
+            return retrying(self._store, lambda out: self._http_get(url, out), c, url)
+        except RetryError as exc:  # pragma: no cover - reraise=True gives the last error instead
+            raise _Transient(str(exc)) from None
+
+    def _http_get(self, url: str, out) -> None:
+        req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+        try:
+            with urllib.request.urlopen(req, timeout=self.retry.timeout) as resp:
+                expected = resp.headers.get("Content-Length")
+                _copy_stream(resp, out, int(expected) if expected and expected.isdigit() else None)
+        except urllib.error.HTTPError as exc:
+            if exc.code >= 500 or exc.code in (408, 429):
+                raise _Transient(f"HTTP {exc.code}") from None
+            raise _NotFound(f"HTTP {exc.code}") from None
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as exc:
+            raise _Transient(f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}") from None
+
+    def _store(self, produce: Callable, c: Candidate, url: str) -> Path:
+        """Write to a temp file in the cache, hash while writing, rename into place only on a match."""
+        self.cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".partial-{c.filename}.", dir=self.cache)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as raw:
+                out = _HashingWriter(raw)
+                produce(out)
+                raw.flush()
+                os.fsync(raw.fileno())
+            actual = out.hexdigest()
+            if actual != c.sha256:
+                raise SourceError(f"sha256 mismatch for {c.filename} from {url}: expected {c.sha256}, "
+                                  f"got {actual}; the file was not cached")
+            dest = self.cache_path(c)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, dest)
+            return dest
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    # -- import / status ---------------------------------------------------------
+    def import_dir(self, folder: str | Path, pins: Iterable[SourcePin] | None = None) -> ImportResult:
+        """Seed the cache from a folder: a file is accepted only if its sha256 is a known pin's."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise SourceError(f"{folder} is not a folder")
+        known: dict[str, tuple[SourcePin, Candidate]] = {}
+        for pin in pins if pins is not None else known_pins():
+            for c in pin.candidates():
+                known[c.sha256] = (pin, c)
+        result = ImportResult()
+        for path in sorted(p for p in folder.iterdir() if p.is_file()):
+            sha = sha256_file(path)
+            match = known.get(sha)
+            if match is None:
+                result.refused.append((path.name, f"sha256 {sha} matches no pinned archive"))
+                continue
+            pin, c = match
+            what = f"{pin.library} {pin.version}"
+            if self.cache_path(c).is_file() and self._digest(self.cache_path(c)) == sha:
+                result.already.append((path.name, what))
+                continue
+            self._store(lambda out, p=path: _copy_stream(p.open("rb"), out, None), c, str(path))
+            result.imported.append((path.name, what))
+        return result
+
+    def status(self, pins: Iterable[SourcePin] | None = None) -> list[dict]:
+        rows = []
+        for pin in pins if pins is not None else known_pins():
+            hit = self.cached(pin)
+            rows.append({"library": pin.library, "version": pin.version, "license": pin.license,
+                         "cached": hit is not None, "archive": hit.filename if hit else None,
+                         "sha256": hit.sha256 if hit else pin.sha256,
+                         "alternate": bool(hit and not hit.is_primary), "path": str(hit.path) if hit else None,
+                         "upstream_url": pin.url})
+        return rows
+
+
+class _HashingWriter:
+    def __init__(self, raw):
+        self.raw = raw
+        self.h = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.h.update(data)
+        self.size += len(data)
+        self.raw.write(data)
+
+    def hexdigest(self) -> str:
+        return self.h.hexdigest()
+
+
+def _copy_stream(src, out: _HashingWriter, expected: int | None) -> None:
+    with src:
+        got = 0
+        while True:
+            try:
+                chunk = src.read(CHUNK)
+            except http.client.IncompleteRead as exc:
+                raise _Transient(f"truncated transfer ({got + len(exc.partial)} of {expected} bytes)") from None
+            if not chunk:
+                break
+            got += len(chunk)
+            out.write(chunk)
+    if expected is not None and got != expected:
+        raise _Transient(f"truncated transfer ({got} of {expected} bytes)")
+
+
+def _join(mirror: str, filename: str) -> str:
+    if mirror.startswith(("http://", "https://", "file://")):
+        return mirror.rstrip("/") + "/" + urllib.parse.quote(filename)
+    return str(Path(mirror).expanduser() / filename)
+
+
+def _local_path(url: str) -> Path | None:
+    if url.startswith("file://"):
+        return Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))
+    if url.startswith(("http://", "https://")):
+        return None
+    return Path(url)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --- module-level API with settings -------------------------------------------------
+def fetch(pin: SourcePin, settings: Settings, **kw) -> FetchedArchive:
+    """Cache, then mirrors, then upstream; see the module docstring."""
+    return Sources.from_settings(settings, **kw).fetch(pin)
+
+
+def import_dir(folder: str | Path, settings: Settings, pins: Iterable[SourcePin] | None = None) -> ImportResult:
+    return Sources.from_settings(settings).import_dir(folder, pins)
+
+
+def list_status(settings: Settings, pins: Iterable[SourcePin] | None = None) -> list[dict]:
+    return Sources.from_settings(settings).status(pins)
+
+
+def clear_partial(cache: str | Path) -> int:
+    """Remove temp files an interrupted download left behind; returns how many."""
+    n = 0
+    for p in Path(cache).glob(".partial-*"):
+        with contextlib.suppress(OSError):
+            p.unlink()
+            n += 1
+    return n
+
+
+__all__ = ["Alternate", "FetchedArchive", "ImportResult", "RetryPolicy", "SourceError", "SourcePin", "Sources",
+           "fetch", "import_dir", "known_pins", "list_status", "sha256_file"]
+

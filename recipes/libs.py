@@ -1,0 +1,126 @@
+"""The from-source libraries: pinned releases and how each one is built.
+
+Pins follow the project's source mirror notes: the upstream release archive is the primary
+(its URL is what real users download); archives that carry the same release tree as other
+bytes are listed as alternates with their own sha256 and tree root. Recipes use these specs:
+
+    yield Install(*BUILD_DEPS)
+    for lib in ALL:
+        yield BuildLibrary(lib, RELEASE)
+"""
+
+from __future__ import annotations
+
+from imagefactory.libraries import LLHTTP_BUILD, LibrarySpec
+from imagefactory.sources import Alternate, SourcePin
+
+WOLFSSL = LibrarySpec(
+    pin=SourcePin(
+        library="wolfssl",
+        version="5.9.2",
+        license="GPL-3.0-or-later",
+        url="https://github.com/wolfSSL/wolfssl/archive/refs/tags/v5.9.2-stable.tar.gz",
+        sha256="2f4ef3d4fd387a9b3191d36a6316d69116c46ff69bb9583b6c82b36d7b8ca114",
+        filename="wolfssl-5.9.2-stable.tar.gz",
+        tree_root="wolfssl-5.9.2-stable/",
+        purl="pkg:github/wolfssl/wolfssl@v5.9.2-stable",
+        homepage="https://www.wolfssl.com/",
+    ),
+    kind="autotools",
+    options=(
+        "--enable-tls13", "--enable-dtls", "--enable-dtls13", "--enable-dtls-frag-ch", "--enable-dtlscid",
+        "--enable-sni", "--enable-alpn", "--enable-session-ticket", "--enable-ocsp", "--enable-crl",
+        "--disable-examples", "--disable-crypttests", "--disable-benchmark",
+    ),
+    pkgconfig=("wolfssl.pc",),
+)
+
+LIBUV = LibrarySpec(
+    pin=SourcePin(
+        library="libuv",
+        version="1.52.1",
+        license="MIT",
+        url="https://github.com/libuv/libuv/archive/refs/tags/v1.52.1.tar.gz",
+        sha256="478baf2599bfbc882c355288c9cb6f92e0e7dda435fa04031fa5b607cf3f414c",
+        filename="libuv-1.52.1.tar.gz",
+        tree_root="libuv-1.52.1/",
+        purl="pkg:github/libuv/libuv@v1.52.1",
+        homepage="https://libuv.org/",
+        alternates=(
+            # GitHub's tarball snapshot of tag v1.52.1 (commit 48dbd85), as kept by Debian
+            Alternate("libuv-1.52.1-snapshot.tar.gz",
+                      "b0d728e2f3cb0204ea09caa510cc9982c600ef6ca27612ee2f6298b8e19817d3", "libuv-libuv-48dbd85/"),
+        ),
+    ),
+    kind="cmake",
+    options=("-DLIBUV_BUILD_SHARED=ON", "-DLIBUV_BUILD_TESTS=OFF", "-DLIBUV_BUILD_BENCH=OFF"),
+    pkgconfig=("libuv.pc", "libuv-static.pc"),
+)
+
+LLHTTP = LibrarySpec(
+    pin=SourcePin(
+        library="llhttp",
+        version="9.4.3",
+        license="MIT",
+        url="https://github.com/nodejs/llhttp/archive/refs/tags/release/v9.4.3.tar.gz",
+        sha256="1eb813c7437b31a87496a1cd3ed79f00746720f5e7e29c79b42c02cb69f36c39",
+        filename="llhttp-release-v9.4.3.tar.gz",
+        tree_root="llhttp-release-v9.4.3/",
+        purl="pkg:github/nodejs/llhttp@release%2Fv9.4.3",
+        homepage="https://github.com/nodejs/llhttp",
+        alternates=(
+            # the httptools 0.9.0 sdist vendors the llhttp 9.4.3 release C files unchanged
+            Alternate("httptools-0.9.0.tar.gz",
+                      "d484ebb7e3a3f3597b0f645fbd1b85633674ca808c1f5ba11c2caf7c66f5c8b6",
+                      "httptools-0.9.0/vendor/llhttp/"),
+        ),
+    ),
+    kind="custom",  # three C files; the vendored copy has no CMakeLists.txt
+    script=LLHTTP_BUILD,
+    pkgconfig=("llhttp.pc",),
+)
+
+CJSON = LibrarySpec(
+    pin=SourcePin(
+        library="cjson",
+        version="1.7.19",
+        license="MIT",
+        url="https://github.com/DaveGamble/cJSON/archive/refs/tags/v1.7.19.tar.gz",
+        sha256="7fa616e3046edfa7a28a32d5f9eacfd23f92900fe1f8ccd988c1662f30454562",
+        filename="cJSON-1.7.19.tar.gz",
+        tree_root="cJSON-1.7.19/",
+        purl="pkg:github/davegamble/cjson@v1.7.19",
+        homepage="https://github.com/DaveGamble/cJSON",
+    ),
+    kind="cmake",
+    options=("-DENABLE_CJSON_UTILS=On", "-DENABLE_CJSON_TEST=Off", "-DBUILD_SHARED_AND_STATIC_LIBS=On",
+             "-DENABLE_CJSON_UNINSTALL=Off"),
+    pkgconfig=("libcjson.pc", "libcjson_utils.pc"),
+)
+
+MIMALLOC = LibrarySpec(
+    pin=SourcePin(
+        library="mimalloc",
+        version="3.4.3",
+        license="MIT",
+        url="https://github.com/microsoft/mimalloc/archive/refs/tags/v3.4.3.tar.gz",
+        sha256="7b043c26b64dde66344d144fbcac3664858a4eb32197793ea2a18feb32741ca1",
+        filename="mimalloc-3.4.3.tar.gz",
+        tree_root="mimalloc-3.4.3/",
+        purl="pkg:github/microsoft/mimalloc@v3.4.3",
+        homepage="https://github.com/microsoft/mimalloc",
+        alternates=(
+            # the cmeel-mimalloc 3.4.3 sdist carries the full mimalloc 3.4.3 tree
+            Alternate("cmeel_mimalloc-3.4.3.tar.gz",
+                      "8d355a77cc0f4133cdeb9156c9098bbb4e88924326d38343cf73ff9caa95ece3",
+                      "cmeel_mimalloc-3.4.3/mimalloc/"),
+        ),
+    ),
+    kind="cmake",
+    options=("-DMI_BUILD_SHARED=ON", "-DMI_BUILD_STATIC=ON", "-DMI_BUILD_OBJECT=OFF", "-DMI_BUILD_TESTS=OFF",
+             "-DMI_INSTALL_TOPLEVEL=ON"),
+    pkgconfig=("mimalloc.pc",),
+)
+
+ALL: tuple[LibrarySpec, ...] = (WOLFSSL, LIBUV, LLHTTP, CJSON, MIMALLOC)
+BY_NAME: dict[str, LibrarySpec] = {lib.name: lib for lib in ALL}
