@@ -33,7 +33,10 @@ class Unit:
 
 
 def pushed_entries(settings: Settings) -> list[dict]:
-    """Entries ``{target, ref, digest, registry}`` that `push` recorded in the state folder."""
+    """Entries ``{target, ref, digest, registry, pushed_at}`` that `push` recorded in the state folder.
+
+    `push` keeps a mapping ``ref -> entry``; a list of entries is read as well.
+    """
     path = settings.state_path() / PUSHED_FILE
     if not path.is_file():
         return []
@@ -65,15 +68,15 @@ def digest_ref(ref: str, digest: str) -> str:
     return f"{name}@{digest}"
 
 
-def image_for(recipe: type[Recipe], settings: Settings) -> str:
-    """The pushed image by digest (latest `push` record for this target), else the local reference."""
+def image_for(recipe: type[Recipe], settings: Settings, registry: str | None = None) -> str:
+    """The newest `push` record of this target by digest (optionally to one registry), else the local ref."""
     names = {recipe.target_name(), recipe.name, recipe.image_ref()}
-    found = None
-    for entry in pushed_entries(settings):
-        if (entry.get("target") in names or entry.get("image") in names) and entry.get("digest") and entry.get("ref"):
-            found = entry
+    found = [e for e in pushed_entries(settings)
+             if (e.get("target") in names or e.get("image") in names) and e.get("digest") and e.get("ref")
+             and (registry is None or str(e.get("registry", "")).strip("/") == registry.strip("/"))]
     if found:
-        return digest_ref(str(found["ref"]), str(found["digest"]))
+        newest = max(enumerate(found), key=lambda ie: (float(ie[1].get("pushed_at") or 0), ie[0]))[1]
+        return digest_ref(str(newest["ref"]), str(newest["digest"]))
     return recipe.image_ref()
 
 
@@ -95,10 +98,11 @@ def _escape(value: str) -> str:
     return value.replace("%", "%%")
 
 
-def render(recipe: type[Recipe], settings: Settings, project: str | Path | None = None) -> Unit:
+def render(recipe: type[Recipe], settings: Settings, project: str | Path | None = None,
+           registry: str | None = None) -> Unit:
     dev = is_dev_image(recipe)
     rt = effective_runtime(recipe, dev)
-    image = image_for(recipe, settings)
+    image = image_for(recipe, settings, registry)
     desc = recipe.description() or recipe.name
     filename = f"{recipe.name}-shell.container" if dev else f"{recipe.name}.container"
     secrets = {secret_name(recipe, var): var for var in rt.secrets}

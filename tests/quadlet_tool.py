@@ -3,10 +3,11 @@
 Debian 12's podman (4.3) has no quadlet; trixie's podman package ships
 ``/usr/libexec/podman/quadlet``, a static-enough binary that runs on Debian 12. ci/setup
 downloads that package (``apt-get download podman/trixie``, from a trixie source pinned
-at priority 100 so nothing gets upgraded) and unpacks it, not installs it, into
-``$XDG_CACHE_HOME/imagefactory/tools/podman-trixie``. :func:`quadlet_binary` finds it
-there (or at ``$IMAGEFACTORY_QUADLET``), fetches it the same way if a trixie source is
-configured, and otherwise fails the test with "run ci/setup".
+at priority 100 so nothing gets upgraded), unpacks it (does not install it) into a private
+folder and links the generator as ``/usr/local/libexec/imagefactory/quadlet``.
+:func:`quadlet_binary` finds it there (or at ``$IMAGEFACTORY_QUADLET``); without it, it
+fetches the package the same way into ``$XDG_CACHE_HOME/imagefactory/tools`` if a trixie
+source is configured, and otherwise fails the test with "run ci/setup".
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from pathlib import Path
 import pytest
 
 QUADLET_IN_PACKAGE = Path("usr/libexec/podman/quadlet")
+SETUP_LINK = Path("/usr/local/libexec/imagefactory/quadlet")  # where ci/setup links it
 SETUP_HINT = ("podman's quadlet generator (podman >= 4.4) is not available: run ci/setup "
-              "(it unpacks trixie's podman package into $XDG_CACHE_HOME/imagefactory/tools/podman-trixie)")
+              f"(it unpacks trixie's podman package and links its generator as {SETUP_LINK})")
 
 
 def tools_dir() -> Path:
@@ -67,7 +69,7 @@ def quadlet_binary() -> Path:
             return Path(explicit)
         pytest.fail(f"IMAGEFACTORY_QUADLET={explicit} is not a working quadlet generator; {SETUP_HINT}")
     unpacked = tools_dir() / "podman-trixie"
-    for candidate in (unpacked / QUADLET_IN_PACKAGE, Path("/") / QUADLET_IN_PACKAGE):
+    for candidate in (SETUP_LINK, unpacked / QUADLET_IN_PACKAGE, Path("/") / QUADLET_IN_PACKAGE):
         if _works(candidate):
             return candidate
     tools_dir().mkdir(parents=True, exist_ok=True)

@@ -116,10 +116,16 @@ def test_pushed_image_is_used_by_digest(settings, tmp_path):
 @pytest.mark.parametrize("data", [
     {"iftest-quadlet-svc": {"ref": "r.example/x:1", "digest": "sha256:" + "cd" * 32}},
     {"entries": [{"target": "iftest-quadlet-svc", "ref": "r.example/x:1", "digest": "sha256:" + "cd" * 32}]},
+    {"r.example/x:1": {"target": "iftest-quadlet-svc", "ref": "r.example/x:1", "digest": "sha256:" + "cd" * 32,
+                       "registry": "r.example", "pushed_at": 20.0},
+     "old.example/x:1": {"target": "iftest-quadlet-svc", "ref": "old.example/x:1", "digest": "sha256:" + "ef" * 32,
+                         "registry": "old.example", "pushed_at": 10.0}},
 ])
 def test_pushed_file_shapes(settings, data):
     (settings.state_path() / "pushed.json").write_text(json.dumps(data))
     assert quadlet.image_for(QuadletService, settings) == "r.example/x@sha256:" + "cd" * 32
+    if "old.example/x:1" in data:
+        assert quadlet.image_for(QuadletService, settings, "old.example") == "old.example/x@sha256:" + "ef" * 32
 
 
 def test_digest_ref():

@@ -111,11 +111,13 @@ def _quadlet_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("targets", nargs="+", metavar="TARGET", help="targets to write units for")
     p.add_argument("--out", metavar="DIR", help="write NAME.container files here (default: print them)")
     p.add_argument("--project", metavar="DIR", help="project folder for dev-shell units (default: current folder)")
+    p.add_argument("--registry", help="use the digest `push` recorded for this registry (default: the newest push)")
 
 
 @command("quadlet", "Podman Quadlet .container units from the recipes' runtime settings", _quadlet_args)
 def cmd_quadlet(args: argparse.Namespace, settings: Settings) -> int:
-    units = [quadlet.render(REGISTRY.get(t), settings, project=args.project) for t in args.targets]
+    units = [quadlet.render(REGISTRY.get(t), settings, project=args.project, registry=args.registry)
+             for t in args.targets]
     data = [{"file": u.filename, "image": u.image, "secrets": u.secrets} for u in units]
     if args.out:
         paths = quadlet.write_units(units, Path(args.out))
