@@ -80,6 +80,19 @@ PACKAGE_NAMES: dict[str, dict[str, str | None]] = {
     "curl": {"ubi9": "curl-minimal"},
     "passwd": {"ubi9": "shadow-utils"},
     "ccache": {"ubi9": "ccache"},
+    # ocserv-modern images (recipes/packages.py, imagefactory.libraries.BUILD_DEPS)
+    "gcc": {"ubi9": "gcc"},
+    "libc6-dev": {"ubi9": "glibc-devel"},
+    "make": {"ubi9": "make"},
+    "cmake": {"ubi9": "cmake"},
+    "meson": {"ubi9": "meson"},
+    "patch": {"ubi9": "patch"},
+    "less": {"ubi9": "less"},
+    "gzip": {"ubi9": "gzip"},
+    "tar": {"ubi9": "tar"},
+    "gdb": {"ubi9": "gdb"},
+    "valgrind": {"ubi9": "valgrind"},
+    "strace": {"ubi9": "strace"},
 }
 
 
