@@ -405,9 +405,8 @@ def parse_size(text: str) -> int:
 
 def _clean_env() -> dict[str, str]:
     """buildah itself needs PATH/HOME/TMPDIR; steps get only what the recipe sets."""
-    keep = ("PATH", "HOME", "TMPDIR", "LANG", "XDG_RUNTIME_DIR", "CONTAINERS_CONF",
-            "CONTAINERS_STORAGE_CONF", "CONTAINERS_REGISTRIES_CONF", "REGISTRY_AUTH_FILE", "BUILDAH_LAYERS")
-    return {k: v for k, v in os.environ.items() if k in keep}
+    keep = ("PATH", "HOME", "TMPDIR", "LANG", "XDG_RUNTIME_DIR", "REGISTRY_AUTH_FILE")
+    return {k: v for k, v in os.environ.items() if k in keep or k.startswith(("BUILDAH_", "CONTAINERS_"))}
 
 
 def _scratch_dir() -> str:

@@ -153,7 +153,21 @@ def load(config_file: str | None = None, env: dict[str, str] | None = None,
         from_env["source_date_epoch"] = env["SOURCE_DATE_EPOCH"]
     _apply(settings, from_env, "environment")
     _apply(settings, {k: v for k, v in (overrides or {}).items() if v is not None}, "command line")
+    _validate(settings)
     return settings
+
+
+CHOICES = {"isolation": ("chroot", "oci", "rootless"), "platform": ("debian", "ubi9")}
+
+
+def _validate(settings: Settings) -> None:
+    for name, allowed in CHOICES.items():
+        value = getattr(settings, name)
+        if value not in allowed:
+            raise ConfigError(f"{settings.origin.get(name, 'default')}: setting {name!r} is {value!r}; "
+                              f"choose one of {', '.join(allowed)}")
+    if settings.jobs < 1:
+        raise ConfigError(f"{settings.origin.get('jobs')}: setting 'jobs' must be at least 1")
 
 
 _PATH_LISTS = ("source_mirrors", "recipe_paths")
@@ -164,7 +178,8 @@ def _anchor_paths(settings: Settings, folder: Path) -> None:
     for name in _PATH_LISTS:
         anchored = []
         for entry in getattr(settings, name):
-            module_name = name == "recipe_paths" and "/" not in entry and not entry.endswith(".py")
+            module_name = (name == "recipe_paths" and "/" not in entry and not entry.endswith(".py")
+                           and not (folder / entry).exists())
             if "://" in entry or Path(entry).is_absolute() or module_name:
                 anchored.append(entry)
             else:

@@ -22,7 +22,8 @@ import sh
 
 from .buildah import Buildah, BuildahError, Cancelled, Container, ImageRecord, Mount, tail_of
 from .config import Settings
-from .plan import FileDigests, Node, Plan, cache_ref, group_steps, oci_labels, render_steps, step_key
+from .plan import (FileDigests, Node, Plan, cache_ref, final_step, git_facts, group_steps, image_format_of,
+                   render_steps, step_key)
 from .steps import ConfigCall, CopyCall, HostCall, Rendered, RunCall, Step
 
 HOST_CA_TARGET = "/run/imagefactory/host-ca.crt"
@@ -123,7 +124,7 @@ class Executor:
         started = time.monotonic()
         with _store_lock(self.settings), _sigterm_as_interrupt():
             self._load_index()
-            self._revision, self._source = _git_facts(plan)
+            self._revision, self._source = git_facts(plan)
             self.reporter.start(plan)
             results = {n.name: ImageResult(n.name, n.recipe.target_name(), n.recipe.image_ref(),
                                            size_budget_mb=n.recipe.size_budget_mb) for n in plan.nodes}
@@ -187,7 +188,7 @@ class Executor:
             ids = dict(self._image_ids)
         rendered = render_steps(node, plan, ids, self.digests)
         groups, trailing = group_steps(rendered)
-        image_format = "docker" if self._needs_docker(plan, node) else "oci"
+        image_format = image_format_of(plan, node)
         total = len(rendered) + 1
         self.reporter.image_started(node, total)
         current = parent_id
@@ -228,15 +229,8 @@ class Executor:
             result.steps[-1].seconds = time.monotonic() - t0 if len(group) == 1 else result.steps[-1].seconds
             current = chain = new_id
         # final image: labels + trailing config, squashed for leaves
-        labels = oci_labels(node.recipe, self.settings, revision=self._revision, source=self._source)
-        label_args = [a for k, v in sorted(labels.items()) for a in ("--label", f"{k}={v}")]
-        keyed_labels = [a for a in label_args if self.settings.source_date_epoch is not None
-                        or not a.startswith("org.opencontainers.image.created=")]
-        final_calls = [c for _, r in trailing for c in r.calls]
-        final = Rendered("final", f"commit {node.recipe.image_ref()}" + (" (squashed)" if node.squash else ""),
-                         [*final_calls, ConfigCall(tuple(keyed_labels))],
-                         [f"squash={node.squash}", f"format={image_format}",
-                          f"timestamp={self.settings.source_date_epoch}"])
+        final, final_calls, label_args = final_step(node, plan, trailing, self._revision, self._source,
+                                                    image_format)
         final_key = step_key(chain, final)
         hit = None if self.settings.no_cache else self._lookup(final_key)
         index += len(trailing) + 1
@@ -356,17 +350,6 @@ class Executor:
         with self._lock:
             return self._image_ids[parent.name]
 
-    def _needs_docker(self, plan: Plan, node: Node) -> bool:
-        n: Node | None = node
-        seen = 0
-        while n is not None and seen < 50:
-            for step in _safe_steps(n, plan):
-                if step.needs_docker_format:
-                    return True
-            n = next((x for x in plan.nodes if isinstance(n.parent, type) and x.recipe is n.parent), None)
-            seen += 1
-        return False
-
     def _fill_sizes(self, results: dict[str, ImageResult]) -> None:
         if any(r.status == "built" for r in results.values()):
             self._records = {rec.id: rec for rec in self.buildah.images()}
@@ -397,29 +380,6 @@ def _group_key(chain: str, group: list[tuple[Step, Rendered]]) -> str:
     for _, r in group:
         key = step_key(key, r)
     return key
-
-
-def _safe_steps(node: Node, plan: Plan) -> list[Step]:
-    from .plan import own_steps
-
-    return own_steps(node.recipe, plan.settings)
-
-
-def _git_facts(plan: Plan) -> tuple[str | None, str | None]:
-    """revision and source labels from the git checkout holding the target recipes, if any."""
-    folder = plan.targets[0].recipe_dir() if plan.targets else Path.cwd()
-    revision = source = None
-    try:
-        git = sh.Command("git").bake("-C", str(folder))
-        revision = str(git("rev-parse", "HEAD", _err=os.devnull)).strip() or None
-        try:
-            source = str(git("remote", "get-url", "origin", _err=os.devnull)).strip() or None
-        except sh.ErrorReturnCode:
-            source = None
-    except (sh.ErrorReturnCode, sh.CommandNotFound):
-        pass
-    source = plan.settings.value("source", source)
-    return revision, source
 
 
 @contextmanager

@@ -334,3 +334,55 @@ def _now() -> float:
     import time
 
     return time.time()
+
+
+def image_format_of(plan: Plan, node: Node) -> str:
+    """docker when this image or an ancestor declares a HEALTHCHECK (OCI has no such field)."""
+    current: Node | None = node
+    while current is not None:
+        if any(step.needs_docker_format for step in own_steps(current.recipe, plan.settings)):
+            return "docker"
+        parent = current.parent
+        current = next((n for n in plan.nodes if isinstance(parent, type) and n.recipe is parent), None)
+    return "oci"
+
+
+def final_step(node: Node, plan: Plan, trailing: list[tuple[Step, Rendered]], revision: str | None,
+               source: str | None, image_format: str) -> tuple[Rendered, list, list[str]]:
+    """The last commit of an image: trailing config + OCI labels, squashed for leaves.
+
+    Returns the rendering that is keyed (``created`` is left out of the key unless
+    SOURCE_DATE_EPOCH pins it, so a rebuild is not a miss just because time passed),
+    the trailing config calls, and the label arguments actually applied.
+    """
+    from .steps import ConfigCall
+
+    settings = plan.settings
+    labels = oci_labels(node.recipe, settings, revision=revision, source=source)
+    label_args = [a for k, v in sorted(labels.items()) for a in ("--label", f"{k}={v}")]
+    keyed = [a for a in label_args if settings.source_date_epoch is not None
+             or not a.startswith("org.opencontainers.image.created=")]
+    calls = [c for _, r in trailing for c in r.calls]
+    summary = f"commit {node.recipe.image_ref()}" + (" (squashed)" if node.squash else "")
+    rendered = Rendered("final", summary, [*calls, ConfigCall(tuple(keyed))],
+                        [f"squash={node.squash}", f"format={image_format}",
+                         f"timestamp={settings.source_date_epoch}"])
+    return rendered, calls, label_args
+
+
+def git_facts(plan: Plan) -> tuple[str | None, str | None]:
+    """revision and source labels from the git checkout holding the target recipes, if any."""
+    import sh
+
+    folder = plan.targets[0].recipe_dir() if plan.targets else Path.cwd()
+    revision = source = None
+    try:
+        git = sh.Command("git").bake("-C", str(folder))
+        revision = str(git("rev-parse", "HEAD", _err=os.devnull)).strip() or None
+        try:
+            source = str(git("remote", "get-url", "origin", _err=os.devnull)).strip() or None
+        except sh.ErrorReturnCode:
+            source = None
+    except (sh.ErrorReturnCode, sh.CommandNotFound):
+        pass
+    return revision, plan.settings.value("source", source)

@@ -13,7 +13,8 @@ from ..buildah import CONTAINER_PREFIX, BuildahError, Mount
 from ..cli import EXIT_FAIL, EXIT_OK, buildah_for, command, console, err_console, print_table
 from ..config import Settings
 from ..execute import BuildFailed, Executor
-from ..plan import CACHE_REPO, FileDigests, build_plan, cache_ref, group_steps, render_steps, step_key
+from ..plan import (CACHE_REPO, FileDigests, build_plan, cache_ref, final_step, git_facts, group_steps,
+                    image_format_of, render_steps, step_key)
 from ..platforms import host_debian_mirror
 from ..recipe import REGISTRY
 from ..ui import RichReporter, human_size
@@ -77,6 +78,7 @@ def describe_plan(targets: list[str], settings: Settings, read_store: bool = Tru
     from ..steps import ConfigCall, CopyCall, HostCall, RunCall
 
     plan = build_plan(targets, settings)
+    revision, source = git_facts(plan)
     bd = Buildah(settings.storage)
     index = bd.image_index() if read_store else {}
     digests = FileDigests()
@@ -132,15 +134,21 @@ def describe_plan(targets: list[str], settings: Settings, read_store: bool = Tru
             i += 1
             steps.append({"index": i, "kind": r.kind, "summary": r.summary, "status": "miss",
                           "key": None, "calls": [shlex.join(bd.argv("config", *c.args, "$CTR")) for c in r.calls]})
+        fmt = image_format_of(plan, node)
+        final, _, _ = final_step(node, plan, trailing, revision, source, fmt)
+        final_key = step_key(chain, final) if alive else None
+        final_hit = bool(final_key) and not settings.no_cache and cache_ref(final_key) in index
+        for st in steps[len(steps) - len(trailing):]:
+            st["status"] = "hit" if final_hit else "miss"
         ref = node.recipe.image_ref()
-        final_status = "hit" if alive and ref in index else "miss"
-        steps.append({"index": i + 1, "kind": "final", "summary": f"commit {ref}", "status": final_status,
-                      "key": None, "calls": [shlex.join(bd.argv("commit", *(["--squash"] if node.squash else []),
-                                                              "$CTR", ref))]})
-        if final_status == "hit":
-            ids[node.name] = index[ref]
+        steps.append({"index": i + 1, "kind": "final", "summary": final.summary,
+                      "status": "hit" if final_hit else "miss", "key": final_key,
+                      "calls": [shlex.join(bd.argv("commit", "--format", fmt,
+                                                   *(["--squash"] if node.squash else []), "$CTR", ref))]})
+        if final_hit:
+            ids[node.name] = index[cache_ref(final_key)]
         out.append({"image": node.name, "target": node.recipe.target_name(), "parent": pname,
-                    "squash": node.squash, "format": "oci", "platform": plan.platform.name,
+                    "squash": node.squash, "format": fmt, "platform": plan.platform.name,
                     "deps": [d.name for d in node.deps], "steps": steps})
     return out
 
@@ -275,9 +283,13 @@ def cmd_cache(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-@command("doctor", "check buildah, storage, isolation, mirror, cosign; say how to fix each")
+def _doctor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image", help="image to try the isolation with (default: the built Debian base)")
+
+
+@command("doctor", "check buildah, storage, isolation, mirror, cosign; say how to fix each", _doctor_args)
 def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
-    checks = doctor_checks(settings)
+    checks = doctor_checks(settings, getattr(args, "image", None))
     rows = [["✓" if ok else "✗", name, detail, "" if ok else fix] for name, ok, detail, fix in checks]
     print_table("doctor", ["", "check", "found", "how to fix"], rows)
     args._report_data = {"checks": [dict(zip(("name", "ok", "detail", "fix"), c)) for c in checks]}
@@ -285,7 +297,7 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK if all(ok for name, ok, _, _ in checks if name in required) else EXIT_FAIL
 
 
-def doctor_checks(settings: Settings) -> list[tuple[str, bool, str, str]]:
+def doctor_checks(settings: Settings, image: str | None = None) -> list[tuple[str, bool, str, str]]:
     out: list[tuple[str, bool, str, str]] = []
     bd = buildah_for(settings)
     have = shutil.which("buildah")
@@ -303,13 +315,7 @@ def doctor_checks(settings: Settings) -> list[tuple[str, bool, str, str]]:
                     ""))
     except BuildahError as exc:
         out.append(("storage", False, exc.stderr_tail[-200:], "check --root/--runroot and storage.conf"))
-    try:
-        with bd.working_container(None, name_hint="doctor") as ctr:
-            ctr.inspect()
-        out.append(("isolation", True, settings.isolation, ""))
-    except BuildahError as exc:
-        out.append(("isolation", False, exc.stderr_tail[-200:],
-                    "use --isolation chroot (works without cgroups) or install runc for oci"))
+    out.append(_isolation_check(bd, settings, image))
     mirror = settings.debian_mirror or host_debian_mirror()
     out.append(("debian mirror", bool(mirror), mirror or "none",
                 "set debian_mirror in imagefactory.yaml or IMAGEFACTORY_DEBIAN_MIRROR"))
@@ -323,3 +329,23 @@ def doctor_checks(settings: Settings) -> list[tuple[str, bool, str, str]]:
     out.append(("source cache", True, f"{cache} ({len(list(cache.glob('*')))} files)" if cache.is_dir()
                 else f"{cache} (empty)", ""))
     return out
+
+
+def _isolation_check(bd, settings: Settings, image: str | None) -> tuple[str, bool, str, str]:
+    """Run `true` in an image of this store with the configured isolation (the Debian base if built)."""
+    fix = ("use --isolation chroot (works without cgroups); for oci install runc "
+           "(crun fails with cgroups hybrid mode)")
+    if image is None:
+        try:
+            names = [n for r in bd.images() for n in r.names if "imagefactory-base-" in n]
+        except BuildahError as exc:
+            return ("isolation", False, exc.stderr_tail[-200:], fix)
+        if not names:
+            return ("isolation", True, f"{settings.isolation} (not tried: build a base first, or pass --image)", "")
+        image = sorted(names)[0]
+    try:
+        with bd.working_container(image, name_hint="doctor") as ctr:
+            ctr.run(["true"])
+        return ("isolation", True, f"{settings.isolation} (ran `true` in {image})", "")
+    except BuildahError as exc:
+        return ("isolation", False, f"{settings.isolation}: {exc.stderr_tail[-200:]}", fix)
