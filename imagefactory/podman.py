@@ -38,7 +38,10 @@ DEV_USER = "1000"
 DEV_GROUP = "1000"
 DEV_VOLUMES = ("dev-home:/home/developer", "build-cache:/cache", "test-results:/test-results",
                "ci-reports:/ci-reports")
-DEV_ENVIRONMENT = {"XDG_CACHE_HOME": "/cache", "CCACHE_DIR": "/cache/ccache"}
+# run-tests writes coverage to $TEST_RESULTS: the named volume, writable by uid 1000 even when the
+# mounted checkout belongs to root (`--env TEST_RESULTS=/workspace/coverage` puts it in the project).
+DEV_ENVIRONMENT = {"XDG_CACHE_HOME": "/cache", "CCACHE_DIR": "/cache/ccache", "TEST_RESULTS": "/test-results",
+                   "CI_REPORTS": "/ci-reports"}
 DEV_CAP_DROP = ("ALL",)
 DEV_CAP_ADD = ("NET_ADMIN", "NET_RAW")
 
@@ -133,9 +136,11 @@ class RunSpec:
 
 def run_spec(recipe: type[Recipe], *, project: str | Path | None = None, command: list[str] | None = None,
              interactive: bool = False, image: str | None = None, environ: dict[str, str] | None = None,
-             stdin_tty: bool | None = None) -> RunSpec:
+             stdin_tty: bool | None = None, extra_env: dict[str, str] | None = None) -> RunSpec:
     dev = is_dev_image(recipe)
     rt = effective_runtime(recipe, dev)
+    if extra_env:
+        rt.environment = {**rt.environment, **extra_env}
     environ = os.environ if environ is None else environ
     tty = sys.stdin.isatty() if stdin_tty is None else stdin_tty
     proj = Path(project or os.getcwd()).resolve() if dev else None

@@ -20,6 +20,8 @@ def _podman_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--project", metavar="DIR", help="folder mounted at /workspace (default: current folder)")
     p.add_argument("--dry-run", action="store_true", help="print the podman command, run nothing")
     p.add_argument("--image", metavar="REF", help="run this reference instead of the target's local image")
+    p.add_argument("-e", "--env", dest="env", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra environment variable for the container (repeatable)")
 
 
 def _shell_args(p: argparse.ArgumentParser) -> None:
@@ -63,8 +65,15 @@ def _split_remainder(args: argparse.Namespace, settings: Settings) -> Settings:
 def _start(args: argparse.Namespace, settings: Settings, command_words: list[str], interactive: bool,
            entrypoint: str | None = None) -> int:
     recipe = REGISTRY.get(args.target)
+    extra = {}
+    for item in args.env or []:
+        if "=" not in item:
+            err_console.print(f"[bold red]error:[/] --env expects KEY=VALUE, got {item!r}", highlight=False)
+            return EXIT_USAGE
+        key, value = item.split("=", 1)
+        extra[key] = value
     spec = podman.run_spec(recipe, project=args.project, command=command_words, interactive=interactive,
-                           image=args.image)
+                           image=args.image, extra_env=extra)
     spec.entrypoint = entrypoint
     missing = [s for s in spec.runtime.secrets if s not in spec.secret_env]
     env = podman.podman_env(state_dir=settings.state_path())
