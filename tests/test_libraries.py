@@ -1,0 +1,282 @@
+"""BuildLibrary: cache keys from render (fast), and real cJSON + llhttp builds in both profiles (buildah, slow).
+
+Two images share one Debian 13 slim base plus the build dependencies:
+``a`` = cJSON debug + llhttp release, ``b`` = cJSON release + llhttp debug. Both are verified with
+the ELF verifier and their build manifests are checked against the pins and patches.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from conftest import SHARED_SOURCES, new_store, require_tool
+
+from imagefactory import config
+from imagefactory.libraries import (
+    BUILD_DEPS,
+    MANIFEST,
+    PATCH_MOUNT,
+    SRC_MOUNT,
+    BuildLibrary,
+    LibrarySpec,
+    library_labels,
+)
+from imagefactory.plan import FileDigests, RenderContext, step_key
+from imagefactory.platforms import get_platform
+from imagefactory.recipe import Recipe
+from imagefactory.sources import sha256_file
+from imagefactory.toolchain import DEBUG, RELEASE
+from recipes.libs import ALL, CJSON, LLHTTP
+
+REPO_PATCHES = Path(__file__).resolve().parents[1] / "patches"
+
+
+# --- rendering: no buildah ----------------------------------------------------------------
+def _ctx(tmp_path: Path) -> RenderContext:
+    settings = config.load(env={}, overrides={"source_cache": str(tmp_path / "cache"),
+                                              "source_mirrors": [str(SHARED_SOURCES)],
+                                              "state_dir": str(tmp_path / "state")})
+    return RenderContext(settings, get_platform("debian"), Recipe, None, {}, FileDigests())
+
+
+def _key(step: BuildLibrary, ctx: RenderContext) -> str:
+    return step_key("parent-image-id", step.render(ctx))
+
+
+def test_patch_bytes_profile_and_archive_are_in_the_key(tmp_path):
+    ctx = _ctx(tmp_path)
+    patch_root = tmp_path / "patches"
+    folder = patch_root / "cjson" / "1.7.19"
+    folder.mkdir(parents=True)
+    original = (REPO_PATCHES / "cjson" / "1.7.19" / "0001-cmake-policy-range.patch").read_bytes()
+    (folder / "0001-cmake-policy-range.patch").write_bytes(original)
+    spec = LibrarySpec(CJSON.pin, CJSON.kind, CJSON.options, patch_root=patch_root)
+    step = BuildLibrary(spec, DEBUG)
+    r = step.render(ctx)
+    before = _key(step, ctx)
+    assert _key(step, ctx) == before  # stable
+    # the archive comes in through a read-only bind mount of its cache folder, never a copy
+    (call,) = r.calls
+    mounts = {m.target: m for m in call.mounts}
+    assert mounts[SRC_MOUNT].readonly and mounts[SRC_MOUNT].type == "bind"
+    assert Path(mounts[SRC_MOUNT].source) == tmp_path / "cache" / CJSON.pin.sha256
+    assert Path(mounts[PATCH_MOUNT].source) == folder
+    assert f"archive cJSON-1.7.19.tar.gz sha256:{CJSON.pin.sha256}" in r.inputs
+    assert f"patch 0001-cmake-policy-range.patch sha256:{sha256_file(folder / '0001-cmake-policy-range.patch')}" in r.inputs
+    assert "patch -p1" in call.argv[-1] and "-O2 -g" in call.argv[-1]
+    # one more byte in the patch: new key
+    (folder / "0001-cmake-policy-range.patch").write_bytes(original + b"\n")
+    changed = _key(step, ctx)
+    assert changed != before
+    # a second patch: new key, applied after the first (name order)
+    (folder / "0002-more.patch").write_bytes(b"--- a/x\n+++ b/x\n")
+    script = step.render(ctx).calls[0].argv[-1]
+    assert script.index("0001-cmake-policy-range.patch") < script.index("0002-more.patch")
+    assert _key(step, ctx) not in (before, changed)
+    # the profile's flags are part of the key too
+    (folder / "0002-more.patch").unlink()
+    (folder / "0001-cmake-policy-range.patch").write_bytes(original)
+    assert _key(step, ctx) == before
+    assert _key(BuildLibrary(spec, RELEASE), ctx) != before
+    assert _key(BuildLibrary(spec, DEBUG.with_(extra_cflags=["-DX=1"])), ctx) != before
+
+
+def test_alternate_archive_is_rendered_with_its_tree_root(tmp_path):
+    r = BuildLibrary(LLHTTP, RELEASE).render(_ctx(tmp_path))
+    script = r.calls[0].argv[-1]
+    assert "httptools-0.9.0.tar.gz" in r.summary and "alternate" in r.summary
+    assert 'cd "$W/src"/httptools-0.9.0/vendor/llhttp' in script
+    assert '"alternate": true' in script and "strip --strip-unneeded" in script
+    assert PATCH_MOUNT not in {m.target for m in r.calls[0].mounts}  # llhttp has no patches
+
+
+def test_library_labels_and_build_deps():
+    labels = library_labels(ALL)
+    assert labels["io.imagefactory.lib.wolfssl"] == "5.9.2"
+    assert labels["io.imagefactory.lib.llhttp"] == "9.4.3"
+    assert library_labels([BuildLibrary(CJSON, DEBUG)]) == {"io.imagefactory.lib.cjson": "1.7.19"}
+    assert {"gcc", "make", "cmake", "pkgconf", "patch"} <= set(BUILD_DEPS)
+
+
+# --- real builds ----------------------------------------------------------------------------
+CONSUMER = r"""
+d=$(mktemp -d); cd "$d"
+cat > t.c <<'EOF'
+#include <string.h>
+#include <stdio.h>
+#include <cjson/cJSON.h>
+#include <llhttp.h>
+int main(void) {
+  llhttp_t parser; llhttp_settings_t settings;
+  const char *req = "GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
+  cJSON *o = cJSON_Parse("{\"a\": 42}");
+  llhttp_settings_init(&settings);
+  llhttp_init(&parser, HTTP_REQUEST, &settings);
+  if (llhttp_execute(&parser, req, strlen(req)) != HPE_OK) return 1;
+  if (!o || cJSON_GetObjectItem(o, "a")->valueint != 42) return 2;
+  cJSON_Delete(o);
+  puts("cjson+llhttp ok");
+  return 0;
+}
+EOF
+cc $(pkg-config --cflags libcjson llhttp) t.c -o t $(pkg-config --libs libcjson llhttp)
+./t
+cd / && rm -rf "$d"
+"""
+
+_SHARED: dict[str, object] = {}
+
+
+def _define_recipes():
+    from imagefactory.steps import Install, Run
+
+    class Deps(Recipe):
+        """test: Debian 13 slim + the library build dependencies"""
+
+        name = "imagefactory-test-libdeps"
+        base = "slim"
+        hidden = True
+
+        def steps(self):
+            yield Install(*BUILD_DEPS)
+
+    class ImageA(Deps):
+        """test: cJSON debug + llhttp release"""
+
+        name = "imagefactory-test-libs-a"
+
+        def steps(self):
+            yield BuildLibrary(CJSON, DEBUG)
+            yield BuildLibrary(LLHTTP, RELEASE)
+            yield Run(CONSUMER, title="compile and run a program against both libraries")
+
+    class ImageB(Deps):
+        """test: cJSON release + llhttp debug"""
+
+        name = "imagefactory-test-libs-b"
+
+        def steps(self):
+            yield BuildLibrary(CJSON, RELEASE)
+            yield BuildLibrary(LLHTTP, DEBUG)
+
+    class Unsafe(Deps):
+        """test: a hardened llhttp next to a deliberately unhardened binary"""
+
+        name = "imagefactory-test-libs-unsafe"
+
+        def steps(self):
+            yield BuildLibrary(LLHTTP, RELEASE)
+            yield Run("d=$(mktemp -d)\nprintf 'int main(void){char b[64]; return b[0];}\\n' > \"$d/u.c\"\n"
+                      "gcc -O0 -no-pie -fno-stack-protector -Wl,-z,execstack -Wl,-z,norelro \"$d/u.c\" "
+                      "-o /usr/local/bin/unsafe-tool\nstrip /usr/local/bin/unsafe-tool\nrm -rf \"$d\"",
+                      title="install an unhardened binary")
+
+    return {"deps": Deps, "a": ImageA, "b": ImageB, "unsafe": Unsafe}
+
+
+def build_lib_images():
+    """Build the test images once per process; returns (store, recipes, report, seconds)."""
+    if "store" in _SHARED:
+        return _SHARED["store"], _SHARED["recipes"], _SHARED["report"], _SHARED["seconds"]
+    require_tool("buildah")
+    from imagefactory.execute import Executor
+    from imagefactory.plan import build_plan
+
+    store = new_store("libs")
+    recipes = _define_recipes()
+    settings = store.settings()
+    t0 = time.monotonic()
+    try:
+        report = Executor(settings, store.buildah()).execute(
+            build_plan([recipes["a"], recipes["b"], recipes["unsafe"]], settings))
+    except Exception:
+        store.destroy()
+        raise
+    _SHARED.update(store=store, recipes=recipes, report=report, seconds=time.monotonic() - t0)
+    return store, recipes, report, _SHARED["seconds"]
+
+
+@pytest.fixture(scope="session")
+def lib_images():
+    owner = "store" not in _SHARED
+    built = build_lib_images()
+    yield built
+    if owner:
+        built[0].destroy()
+        _SHARED.clear()
+
+
+def _timings(report) -> list[str]:
+    return [f"{r.name}: {s.summary} {s.seconds:.1f}s" for r in report.results for s in r.steps
+            if s.kind == "library" and s.status == "run"]
+
+
+def _manifest(root: Path) -> dict:
+    return json.loads((root / MANIFEST.lstrip("/")).read_text())
+
+
+@pytest.mark.buildah
+@pytest.mark.slow
+@pytest.mark.parametrize("image, cjson_profile, llhttp_profile", [("a", "debug", "release"),
+                                                                   ("b", "release", "debug")])
+def test_built_libraries_verify_and_manifest(lib_images, image, cjson_profile, llhttp_profile):
+    from imagefactory.verify import verify_tree
+
+    store, recipes, report, seconds = lib_images
+    print(f"\nbuilt test images in {seconds:.0f}s; " + "; ".join(_timings(report)))
+    assert report.ok
+    with store.buildah().mounted_image(recipes[image].image_ref()) as root:
+        result = verify_tree(root)
+        assert result.ok, result.failures
+        assert result.file("usr/local/lib/libcjson.so.1.7.19").profile == cjson_profile
+        assert result.file("usr/local/lib/libcjson_utils.so.1.7.19").profile == cjson_profile
+        assert result.file("usr/local/lib/libllhttp.so.9.4.3").profile == llhttp_profile
+        for path in ("usr/local/lib/libcjson.so.1.7.19", "usr/local/lib/libllhttp.so.9.4.3"):
+            assert result.file(path).checks["relro"].status == "pass"
+        manifest = _manifest(root)
+        assert manifest["schema"] == 1
+        libs = {lib["name"]: lib for lib in manifest["libraries"]}
+        assert set(libs) == {"cjson", "llhttp"}
+        cj, ll = libs["cjson"], libs["llhttp"]
+        assert (cj["version"], cj["license"], cj["purl"]) == ("1.7.19", "MIT", "pkg:github/davegamble/cjson@v1.7.19")
+        assert cj["archive"] == {"name": "cJSON-1.7.19.tar.gz", "sha256": CJSON.pin.sha256, "url": CJSON.pin.url,
+                                 "alternate": False, "tree_root": "cJSON-1.7.19/"}
+        patch = REPO_PATCHES / "cjson" / "1.7.19" / "0001-cmake-policy-range.patch"
+        assert cj["patches"] == [{"name": patch.name, "sha256": sha256_file(patch)}]
+        assert ll["archive"]["name"] == "httptools-0.9.0.tar.gz" and ll["archive"]["alternate"] is True
+        assert ll["archive"]["url"] is None and ll["upstream_url"] == LLHTTP.pin.url and ll["patches"] == []
+        want = {"debug": DEBUG, "release": RELEASE}
+        assert cj["profile"] == cjson_profile and cj["flags"] == want[cjson_profile].flags()
+        assert ll["profile"] == llhttp_profile and ll["flags"] == want[llhttp_profile].flags()
+        assert "-DENABLE_CJSON_UTILS=On" in cj["options"]
+        for f in ("/usr/local/lib/libllhttp.so.9.4.3", "/usr/local/lib/libllhttp.so.9", "/usr/local/lib/libllhttp.a",
+                  "/usr/local/lib/pkgconfig/llhttp.pc", "/usr/local/include/llhttp.h"):
+            assert f in ll["files"]
+        for f in ("/usr/local/lib/libcjson.a", "/usr/local/lib/libcjson_utils.a", "/usr/local/lib/pkgconfig/libcjson.pc",
+                  "/usr/local/lib/pkgconfig/libcjson_utils.pc", "/usr/local/include/cjson/cJSON.h"):
+            assert f in cj["files"]
+        for files in (cj["files"], ll["files"]):
+            assert all((root / f.lstrip("/")).exists() or (root / f.lstrip("/")).is_symlink() for f in files)
+        # sources and build trees are gone; the archive never entered a layer
+        assert not [p for p in (root / "tmp").iterdir()]
+        leftovers = [p for p in root.rglob("*.tar.gz") if "imagefactory" in str(p) or p.name.startswith(("cJSON", "httptools"))]
+        assert leftovers == []
+        assert "9.4.3" in (root / "usr/local/lib/pkgconfig/llhttp.pc").read_text()
+
+
+@pytest.mark.buildah
+@pytest.mark.slow
+def test_one_layer_per_library_and_a_cached_rebuild(lib_images):
+    from imagefactory.execute import Executor
+    from imagefactory.plan import build_plan
+
+    store, recipes, report, _ = lib_images
+    a = next(r for r in report.results if r.name == recipes["a"].name)
+    kinds = [s.kind for s in a.steps]
+    assert kinds == ["library", "library", "run", "final"]
+    assert len({s.key for s in a.steps[:3]}) == 3  # each library step is its own commit
+    again = Executor(store.settings(), store.buildah()).execute(build_plan([recipes["a"], recipes["b"]], store.settings()))
+    assert all(r.status == "cached" for r in again.results)
