@@ -153,7 +153,7 @@ class BuildLibrary(Step):
         inputs = [f"archive {archive.filename} sha256:{archive.sha256}",
                   *(f"patch {p.name} sha256:{sha}" for p, sha in patches)]
         alt = "" if archive.is_primary else " (alternate archive)"
-        summary = (f"{self.spec.name} {self.spec.version} [{profile.name}] from {archive.filename}{alt}"
+        summary = (f"{self.spec.name} {self.spec.version} ({profile.name}) from {archive.filename}{alt}"
                    + (f" + {len(patches)} patch(es)" if patches else ""))
         return Rendered(self.kind, summary, [call], inputs)
 
