@@ -14,6 +14,7 @@ their parent, which the report tells apart.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import tempfile
 import time
@@ -37,7 +38,8 @@ def recipes_commit_time(targets: Iterable[str], settings: Settings) -> int | Non
     plan = build_plan(list(targets), settings)
     folder = plan.targets[0].recipe_dir()
     try:
-        out = str(sh.Command("git")("-C", str(folder), "log", "-1", "--format=%ct", _err_to_out=False)).strip()
+        out = str(sh.Command("git")("--no-pager", "-C", str(folder), "log", "-1", "--format=%ct",
+                                     _tty_out=False, _err=os.devnull)).strip()
         return int(out) if out else None
     except (sh.ErrorReturnCode, sh.CommandNotFound, ValueError):
         return None

@@ -138,7 +138,7 @@ class Cosign:
     def _run(self, args: list[str], keys: KeyMaterial | None) -> CosignResult:
         argv = [self.binary, *args]
         try:
-            proc = sh.Command(self.binary)(*args, _env=self._env(keys), _in="", _timeout=self.timeout,
+            proc = sh.Command(self.binary)(*args, _env=self._env(keys), _in="", _timeout=self.timeout, _tty_out=False,
                                            _return_cmd=True)
             return CosignResult(True, argv, proc.stdout.decode("utf-8", "replace"))
         except sh.ErrorReturnCode as exc:

@@ -190,6 +190,12 @@ def write_sboms_for_results(settings: Settings, report) -> dict[str, dict]:
     return out
 
 
+def _counts_text(counts: dict[str, int]) -> str:
+    parts = [f"{counts.get(k, 0)} {k}" for k in SBOM_KINDS]
+    parts += [f"{v} {k}" for k, v in counts.items() if k not in (*SBOM_KINDS, "total")]
+    return ", ".join(parts) + f" ({counts.get('total', 0)} components)"
+
+
 def _sbom_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("targets", nargs="+", metavar="TARGET", help="built targets (see `images`)")
     p.add_argument("--out", help="folder for NAME.spdx.json and NAME.cdx.json (default: sbom_dir setting, "
@@ -202,19 +208,19 @@ def cmd_sbom(args: argparse.Namespace, settings: Settings) -> int:
     out = Path(args.out) if args.out else None
     registry = normalize_registry(args.registry) if args.registry else None
     bd = buildah_for(settings)
-    rows, data = [], []
+    data = []
     try:
         for target in args.targets:
             entry = sbom_for_target(settings, target, out, bd, registry=registry)
-            c = entry["counts"]
-            rows.append([entry["image"], c["deb"], c["rpm"], c["source"], c["npm"], c["total"],
-                         entry["spdx"], entry["cyclonedx"]])
             data.append(entry)
+            console.print(f"[bold]{escape(entry['image'])}[/] {entry['image_id'][:12]}: {_counts_text(entry['counts'])}",
+                          highlight=False, soft_wrap=True)
+            console.print(f"  spdx:      {entry['spdx']}\n  cyclonedx: {entry['cyclonedx']}", highlight=False,
+                          markup=False, soft_wrap=True)
     except SupplyError as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         args._report_data = {"sboms": data, "error": str(exc)}
         return EXIT_FAIL
-    print_table("SBOMs", ["image", "deb", "rpm", "source", "npm", "total", "spdx", "cyclonedx"], rows)
     args._report_data = {"sboms": data}
     return EXIT_OK
 
@@ -465,7 +471,8 @@ def cmd_reproduce(args: argparse.Namespace, settings: Settings) -> int:
     try:
         report = check_reproducible(args.targets, settings, source_date_epoch=args.source_date_epoch,
                                     work_dir=Path(args.work_dir) if args.work_dir else None, keep=args.keep,
-                                    progress=lambda msg: err_console.print(msg, highlight=False, markup=False))
+                                    progress=lambda msg: err_console.print(msg, highlight=False, markup=False,
+                                                                          soft_wrap=True))
     except ReproduceError as exc:
         _print_error(str(exc))
         args._report_data = {"reproducible": False, "error": str(exc)}
@@ -481,9 +488,11 @@ def print_reproduce_report(report: dict) -> None:
         rows.append([img["name"], "image", "same" if img["same"] else "DIFFERS",
                      " / ".join(i[:12] for i in img["image_ids"])])
         for st in img["steps"]:
-            if not st["same"]:
-                rows.append([img["name"], f"step {st['index']} {st['kind']}", "DIFFERS",
-                             st["summary"][:60] + "  " + " / ".join((d or "-")[7:19] for d in st["layers"])])
+            if st["same"]:
+                continue
+            result = "same layer, parent differs" if st["layer_same"] else "LAYER DIFFERS"
+            rows.append([img["name"], f"step {st['index']} {st['kind']}", result,
+                         f"{st['summary'][:60]} (layers {' / '.join((d or '-')[7:19] for d in st['layers'])})"])
     print_table(f"reproducibility (SOURCE_DATE_EPOCH={report['source_date_epoch']})",
                 ["image", "what", "result", "detail"], rows)
     if report["reproducible"]:
