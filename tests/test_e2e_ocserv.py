@@ -1,0 +1,260 @@
+"""End to end: build the four ocserv-modern images for real, then prove they work.
+
+One build of ``dev test build ci`` per run (module fixture) in the shared e2e store; the tests
+then read its JSON report and run the images with ``buildah run`` (chroot isolation). The
+cold build time of each image is printed (``pytest -s``) and attached as a test property.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e")]
+
+TARGETS = ("dev", "test", "build", "ci")
+IMAGES = {"dev": "ocserv-modern-dev", "test": "ocserv-modern-test", "build": "ocserv-modern-build",
+          "ci": "ocserv-modern-ci"}
+USERS = {"dev": "developer", "test": "developer", "build": "builder", "ci": "builder"}
+LIBS = ("wolfssl", "libuv", "llhttp", "cjson", "mimalloc")
+SAMPLE = REPO / "tests" / "data" / "sample-project"
+# The 200 MB budgets of build and ci cannot hold gcc 14 + dpkg-dev/rpm on Debian 13 (see the
+# Build recipe's docstring): `verify --size` reports them over budget; that is a known finding.
+OVER_BUDGET = {"build", "ci"}
+
+
+def build(store, *targets: str, report: Path, extra: tuple[str, ...] = ()) -> dict:
+    store.cli("build", *targets, "--jobs", "2", "--report", str(report), *extra, timeout=3 * 3600)
+    return json.loads(report.read_text())
+
+
+def images_of(report: dict) -> dict[str, dict]:
+    data = report.get("data", report)
+    return {img["name"]: img for img in data["images"]}
+
+
+def data_of(report: dict) -> dict:
+    return report.get("data", report)
+
+
+@pytest.fixture(scope="module")
+def ocserv(e2e_store, tmp_path_factory):
+    """The four images, built once; returns the cold build's report."""
+    out = tmp_path_factory.mktemp("ocserv")
+    t0 = time.monotonic()
+    report = build(e2e_store, *TARGETS, report=out / "cold.json")
+    wall = time.monotonic() - t0
+    imgs = images_of(report)
+    lines = [f"ocserv-modern e2e build: {wall:.0f}s wall"]
+    for t in TARGETS:
+        img = imgs[IMAGES[t]]
+        lines.append(f"  {t:<6} {img['status']:<7} {img['seconds']:7.1f}s  {img['size'] / 1e6:6.0f} MB"
+                     f" (budget {img['size_budget_mb']})")
+    print("\n".join(lines))
+    (out / "times.txt").write_text("\n".join(lines) + "\n")
+    return {"report": report, "dir": out, "wall": wall}
+
+
+def buildah(store, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["buildah", *store.args(), *args], capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"buildah {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n"
+                             f"{proc.stderr[-4000:]}")
+    return proc
+
+
+def run_in(store, image: str, argv: list[str], *, user: str | None = None, volumes: tuple[str, ...] = (),
+           timeout: float = 300) -> subprocess.CompletedProcess:
+    """``buildah run`` ARGV in a fresh container of IMAGE (its configured user unless USER); removed after."""
+    ctr = buildah(store, "from", "--pull=never", "--quiet", f"localhost/{image}:latest").stdout.strip()
+    try:
+        args = ["run", "--isolation", "chroot"]
+        if user:
+            args += ["--user", user]
+        for v in volumes:
+            args += ["--volume", v]
+        return buildah(store, *args, ctr, "--", *argv, check=False, timeout=timeout)
+    finally:
+        buildah(store, "rm", ctr, check=False)
+
+
+def image_config(store, image: str) -> dict:
+    info = json.loads(buildah(store, "inspect", "--type", "image", f"localhost/{image}:latest").stdout)
+    return info["OCIv1"]["config"]
+
+
+# --- build and cache -------------------------------------------------------------------------
+def test_cold_build_built_all_four(ocserv):
+    imgs = images_of(ocserv["report"])
+    assert data_of(ocserv["report"])["ok"]
+    for t in TARGETS:
+        assert imgs[IMAGES[t]]["status"] in ("built", "cached")
+    for name in ("ocserv-modern-dev", "ocserv-modern-build"):
+        libs = [s for s in imgs[name]["steps"] if s["kind"] == "library"]
+        assert [s["summary"].split()[0] for s in libs] == list(LIBS), "one layer per library"
+
+
+def test_second_build_is_all_cache_hits(e2e_store, ocserv):
+    report = build(e2e_store, *TARGETS, report=ocserv["dir"] / "warm.json")
+    data = data_of(report)
+    assert data["containers_started"] == 0
+    assert data["commits"] == 0
+    for name, img in images_of(report).items():
+        assert img["status"] == "cached", name
+        assert not [s for s in img["steps"] if s["status"] in ("run", "final")], name
+    print(f"ocserv-modern no-op build: {data['seconds']:.1f}s")
+
+
+# --- the images ------------------------------------------------------------------------------
+@pytest.mark.parametrize("target", TARGETS)
+def test_verify_hardening(e2e_store, ocserv, target):
+    proc = e2e_store.cli("verify", target, check=False)
+    assert proc.returncode == 0, f"verify {target}\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+
+
+@pytest.mark.parametrize("target", [
+    pytest.param(t, marks=pytest.mark.xfail(
+        strict=True, reason="Debian 13 gcc 14 + perl (dpkg-dev) + rpm exceed the 200 MB budget; see Build"))
+    if t in OVER_BUDGET else t for t in TARGETS])
+def test_verify_with_size_budget(e2e_store, ocserv, target):
+    proc = e2e_store.cli("verify", target, "--size", check=False)
+    size = images_of(ocserv["report"])[IMAGES[target]]["size"]
+    print(f"{target}: {size / 1e6:.0f} MB")
+    assert proc.returncode == 0, f"verify {target} --size\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_runs_as_the_non_root_user(e2e_store, ocserv, target):
+    cfg = image_config(e2e_store, IMAGES[target])
+    assert cfg.get("User") == USERS[target]
+    assert cfg.get("WorkingDir") == "/workspace"
+    proc = run_in(e2e_store, IMAGES[target], ["sh", "-c", "id -u; id -g; id -un; test -w /workspace && echo w"])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["1000", "1000", USERS[target], "w"]
+
+
+def test_labels_carry_library_versions(e2e_store, ocserv):
+    for t in TARGETS:
+        labels = image_config(e2e_store, IMAGES[t]).get("Labels") or {}
+        versions = {k.rsplit(".", 1)[-1]: v for k, v in labels.items() if k.startswith("io.imagefactory.lib.")}
+        assert versions == {"wolfssl": "5.9.2", "libuv": "1.52.1", "llhttp": "9.4.3", "cjson": "1.7.19",
+                            "mimalloc": "3.4.3"}, t
+        assert labels.get("org.opencontainers.image.title") == IMAGES[t]
+
+
+def test_ci_quick_validate_passes(e2e_store, ocserv):
+    t0 = time.monotonic()
+    proc = run_in(e2e_store, IMAGES["ci"], ["quick-validate"], user="1000", timeout=120)
+    seconds = time.monotonic() - t0
+    out = proc.stdout
+    assert proc.returncode == 0, f"{out}\n{proc.stderr}"
+    assert "FAIL" not in out.replace("0 check(s) failed", "")
+    for check in ("wolfSSL SHA-256", "wolfSSL TLS 1.3 context", "libuv timer", "llhttp parse request",
+                  "cJSON document", "cJSON uses mimalloc", "mimalloc mi_malloc", "wolfSSL version",
+                  "libuv version", "llhttp version", "cJSON version", "mimalloc version"):
+        assert f"PASS  {check}" in out, check
+    assert out.rstrip().endswith("quick-validate: PASS")
+    assert seconds < 60
+
+
+def test_quick_validate_fails_on_a_wrong_version(e2e_store, ocserv, tmp_path):
+    versions = tmp_path / "versions"
+    versions.write_text("wolfssl=5.9.2\nlibuv=1.52.1\nllhttp=9.4.3\ncjson=0.0.1\nmimalloc=3.4.3\n")
+    versions.chmod(0o644)
+    tmp_path.chmod(0o755)
+    proc = run_in(e2e_store, IMAGES["ci"], ["env", "QUICK_VALIDATE_VERSIONS=/check/versions", "quick-validate"],
+                  user="1000", volumes=(f"{tmp_path}:/check:ro",))
+    assert proc.returncode == 1, proc.stdout
+    assert "FAIL  cJSON version" in proc.stdout and "(expected 0.0.1)" in proc.stdout
+    assert proc.stdout.rstrip().endswith("quick-validate: FAIL")
+
+
+def test_test_image_default_command_covers_a_mounted_project(e2e_store, ocserv, tmp_path):
+    ws = tmp_path / "workspace"
+    shutil.copytree(SAMPLE, ws)
+    subprocess.run(["chown", "-R", "1000:1000", str(ws)], check=True)
+    cmd = image_config(e2e_store, IMAGES["test"])["Cmd"]
+    assert cmd == ["run-tests"]
+    proc = run_in(e2e_store, IMAGES["test"], cmd, volumes=(f"{ws}:/workspace",), timeout=300)
+    assert proc.returncode == 0, f"{proc.stdout[-5000:]}\n{proc.stderr[-3000:]}"
+    assert "Makefile project in /workspace" in proc.stdout
+    assert "3 test(s)" in proc.stdout and "tests PASSED" in proc.stdout
+    for name in ("index.html", "coverage.xml", "summary.txt"):
+        assert (ws / "coverage" / name).is_file(), name
+    xml = (ws / "coverage" / "coverage.xml").read_text()
+    assert 'filename="calc.c"' in xml
+    assert "calc.c" in (ws / "coverage" / "summary.txt").read_text()
+    assert list(ws.glob("*.gcda")), "the tests ran with --coverage"
+    assert (ws / "coverage").stat().st_uid == 1000
+
+
+def test_test_image_self_test_without_a_project(e2e_store, ocserv):
+    proc = run_in(e2e_store, IMAGES["test"], ["run-tests"], timeout=300)
+    assert proc.returncode == 0, f"{proc.stdout[-5000:]}\n{proc.stderr[-3000:]}"
+    assert "running the image's SELF-TEST" in proc.stdout
+    assert "PASS: 0 check(s) failed" in proc.stdout
+    assert "self-test PASSED" in proc.stdout
+    assert "quick-validate.c" in proc.stdout  # the coverage summary names the file
+
+
+def test_dev_has_the_tools_and_debug_libraries(e2e_store, ocserv):
+    script = ("for t in gcc g++ make cmake meson ninja autoconf automake libtool pkg-config git gdb valgrind "
+              "strace perf protoc-c gperf; do command -v $t >/dev/null || echo MISSING $t; done; "
+              "pkg-config --exists wolfssl libuv llhttp libcjson libcjson_utils mimalloc talloc libnl-route-3.0 "
+              "libseccomp libprotobuf-c || echo MISSING pc; "
+              "grep -o '\"profile\": \"[a-z]*\"' /usr/local/share/imagefactory/manifest.json | sort | uniq -c")
+    proc = run_in(e2e_store, IMAGES["dev"], ["sh", "-c", script])
+    assert "MISSING" not in proc.stdout, proc.stdout
+    assert '5 "profile": "debug"' in proc.stdout
+
+
+def test_build_has_packaging_tools_and_no_debuggers(e2e_store, ocserv):
+    script = ("for t in gcc cc make pkg-config dpkg-buildpackage rpmbuild createrepo_c ar ld; do "
+              "command -v $t >/dev/null || echo MISSING $t; done; "
+              "for t in gdb valgrind strace perf; do command -v $t >/dev/null && echo UNWANTED $t; done; "
+              "grep -o '\"profile\": \"[a-z]*\"' /usr/local/share/imagefactory/manifest.json | sort | uniq -c; "
+              "printf 'int main(void){return 0;}' > /tmp/t.c && cc -O2 -flto -o /tmp/t /tmp/t.c && /tmp/t && echo LTO-OK")
+    proc = run_in(e2e_store, IMAGES["build"], ["sh", "-c", script])
+    assert "MISSING" not in proc.stdout and "UNWANTED" not in proc.stdout, proc.stdout
+    assert '5 "profile": "release"' in proc.stdout
+    assert "LTO-OK" in proc.stdout, proc.stdout + proc.stderr
+
+
+# --- last: one library's flags change → only that layer and the later ones rebuild ------------
+def test_one_library_flag_change_rebuilds_only_it_and_later(e2e_store, ocserv):
+    t0 = time.monotonic()
+    variant = build(e2e_store, "ci", report=ocserv["dir"] / "variant.json",
+                    extra=("--set", "ocserv.cflags.cjson=-DIMAGEFACTORY_E2E_VARIANT=1"))
+    seconds = time.monotonic() - t0
+    imgs = images_of(variant)
+    steps = imgs["ocserv-modern-build"]["steps"]
+    ran = [s["summary"] for s in steps if s["status"] == "run"]
+    hit = [s["summary"] for s in steps if s["status"] == "hit"]
+    first_run = next(i for i, s in enumerate(steps) if s["status"] == "run")
+    assert steps[first_run]["summary"].startswith("cjson "), ran
+    assert all(s["status"] in ("run", "final") for s in steps[first_run:]), steps
+    assert [h.split()[0] for h in hit if h.split()[0] in LIBS] == ["wolfssl", "libuv", "llhttp"]
+    assert [r.split()[0] for r in ran if r.split()[0] in LIBS] == ["cjson", "mimalloc"]
+    # the leaf on top rebuilds too (its parent changed), the base does not
+    assert imgs["ocserv-modern-ci"]["status"] == "built"
+    assert imgs["imagefactory-base-debian-slim"]["status"] == "cached"
+    print(f"variant rebuild (cjson flags): {seconds:.0f}s, {len(ran)} step(s) run in build")
+    assert seconds < 300
+    # the variant's flags are in the manifest of the rebuilt image...
+    proc = run_in(e2e_store, IMAGES["build"], ["grep", "-c", "IMAGEFACTORY_E2E_VARIANT",
+                                               "/usr/local/share/imagefactory/manifest.d/cjson.json"])
+    assert proc.stdout.strip() == "1"
+    # ...and building without it again is all cache hits that put the original images back
+    back = build(e2e_store, "ci", report=ocserv["dir"] / "restore.json")
+    assert data_of(back)["containers_started"] == 0
+    assert all(img["status"] == "cached" for img in images_of(back).values())
+    proc = run_in(e2e_store, IMAGES["build"], ["grep", "-c", "IMAGEFACTORY_E2E_VARIANT",
+                                               "/usr/local/share/imagefactory/manifest.d/cjson.json"])
+    assert proc.stdout.strip() == "0"
