@@ -111,9 +111,9 @@ _PINS: dict[tuple[str, str], SourcePin] = {}
 
 def known_pins() -> list[SourcePin]:
     """Every pin defined so far (pins register themselves); loads the shipped recipes first."""
-    from .recipe import load_recipes
+    from .recipe import RecipeError, load_recipes
 
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(ImportError, RecipeError):
         load_recipes()
     return sorted(_PINS.values(), key=lambda p: (p.library, p.version))
 
