@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from .buildah import Mount
-from .sources import FetchedArchive, SourcePin, Sources
+from .sources import FetchedArchive, SourceError, SourcePin, Sources
 from .steps import Rendered, RunCall, Step, StepError
 from .toolchain import Profile
 
@@ -141,8 +141,13 @@ class BuildLibrary(Step):
     _sources: Sources | None = field(default=None, repr=False, compare=False)
 
     def render(self, ctx: RenderContext) -> Rendered:
+        from .plan import PlanError
+
         sources = self._sources or Sources.from_settings(ctx.settings, digest=ctx.digests.file)
-        archive = sources.fetch(self.spec.pin)
+        try:
+            archive = sources.fetch(self.spec.pin)
+        except SourceError as exc:  # reported like a missing Copy() input: names the recipe, no traceback
+            raise PlanError(f"recipe {ctx.recipe.name!r}: {exc}") from None
         patches = [(p, ctx.digests.file(p)) for p in self.spec.patches()]
         profile = self.spec.profile_for(self.profile)
         script = build_script(self.spec, archive, [(p.name, sha) for p, sha in patches], profile)

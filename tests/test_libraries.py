@@ -293,3 +293,20 @@ def test_one_layer_per_library_and_a_cached_rebuild(lib_images):
         pytest.skip("the git HEAD moved during the session; a no-op rebuild cannot be expected")
     again = Executor(store.settings(), store.buildah()).execute(build_plan([recipes["a"], recipes["b"]], store.settings()))
     assert all(r.status == "cached" for r in again.results)
+
+
+def test_missing_source_is_a_plan_error_naming_the_recipe(tmp_path):
+    from imagefactory.plan import PlanError
+    from imagefactory.sources import RetryPolicy, Sources
+
+    class Nowhere(Recipe):
+        name = "imagefactory-test-libs-nowhere"
+        hidden = True
+
+    ctx = _ctx(tmp_path)
+    ctx.recipe = Nowhere
+    offline = Sources(tmp_path / "empty-cache", [str(tmp_path / "no-mirror")], retry=RetryPolicy(attempts=1, timeout=1))
+    bogus = LibrarySpec(CJSON.pin.__class__(**{**CJSON.pin.__dict__, "url": "http://127.0.0.1:9/none.tar.gz",
+                                                 "library": "cjson-offline"}), "cmake")
+    with pytest.raises(PlanError, match="imagefactory-test-libs-nowhere.*cjson-offline 1.7.19: no source archive found"):
+        BuildLibrary(bogus, DEBUG, _sources=offline).render(ctx)
