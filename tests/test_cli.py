@@ -139,3 +139,17 @@ def test_doctor_reports_each_check(project, tmp_path):
                                 env=store.env(PATH="/usr/local/bin:/usr/bin:/bin", BUILDAH_RUNTIME="/nonexistent"))
     checks = {c["name"]: c for c in json.loads((tmp_path / "d2.json").read_text())["checks"]}
     assert missing_runtime.returncode == 1 and not checks["isolation"]["ok"] and "runc" in checks["isolation"]["fix"]
+
+
+def test_build_writes_sboms_when_configured_and_checks_reproducibility(project, tmp_path):
+    store, cfg, _ = project
+    sboms = tmp_path / "sboms"
+    env = store.env(IMAGEFACTORY_SBOM_DIR=str(sboms), SOURCE_DATE_EPOCH="1700000000")
+    store.cli("build", "small", "--config", str(cfg), "--report", str(tmp_path / "b.json"), env=env)
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert set(report["sboms"]) == {"cli-small"}
+    assert (sboms / "cli-small.spdx.json").is_file() and (sboms / "cli-small.cdx.json").is_file()
+    store.cli("build", "small", "--check-reproducible", "--config", str(cfg), "--report",
+              str(tmp_path / "r.json"), env=env)
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["reproducible"] and rep["images"][0]["same"]

@@ -157,11 +157,25 @@ def _build_args(p: argparse.ArgumentParser) -> None:
     _targets(p)
     p.add_argument("--jobs", "-j", type=int, help="images built concurrently (default 2)")
     p.add_argument("--no-cache", action="store_true", help="run every step; refresh the cache entries")
+    p.add_argument("--check-reproducible", action="store_true",
+                   help="build twice, cold, in two temporary stores and report which steps differ")
 
 
 @command("build", "build targets (and their parents) step by step with the cache", _build_args)
 def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
+    if args.check_reproducible:
+        from ..reproduce import check_reproducible
+        from .supply import print_reproduce_report
+
+        rep = check_reproducible(args.targets, settings, progress=lambda m: err_console.print(m, highlight=False))
+        print_reproduce_report(rep)
+        args._report_data = rep
+        return EXIT_OK if rep["reproducible"] else EXIT_FAIL
     report, code = run_build(args.targets, settings, verbose=args.verbose)
+    if code == EXIT_OK and settings.sbom_dir:
+        from .supply import write_sboms_for_results
+
+        report["sboms"] = write_sboms_for_results(settings, report)
     args._report_data = report
     return code
 
