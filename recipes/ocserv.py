@@ -50,6 +50,14 @@ EXPECTED = {"wolfssl": WOLFSSL, "libuv": LIBUV, "llhttp": LLHTTP, "cjson": CJSON
 # lto-dump is gcc's LTO bytecode inspector (~32 MB; -flto itself needs lto1, which stays);
 # CMake's Help/ is the offline text of `cmake --help-*`.
 UNUSED_BUILD_FILES = ("/usr/bin/*lto-dump*", "/usr/share/cmake-*/Help")
+# dev starts from the full base, so packages bring docs and translations: ~37 MB of
+# /usr/share/doc and ~65 MB of /usr/share/locale (gcc, binutils, gdb messages) for dev's
+# packages. Dropped in each install layer; copyright files and man pages stay.
+DEV_CLEANUP = (
+    "find /usr/share/doc -mindepth 1 -not -name copyright -not -type d -delete",
+    "find /usr/share/doc -mindepth 1 -type d -empty -delete",
+    "find /usr/share/locale -mindepth 1 -maxdepth 1 -not -name locale.alias -exec rm -rf {} +",
+)
 
 
 def unique(*groups: tuple[str, ...]) -> tuple[str, ...]:
@@ -63,15 +71,17 @@ def unique(*groups: tuple[str, ...]) -> tuple[str, ...]:
 class InstallTrimmed(Install):
     """Install packages, then delete files nobody runs *in the same layer* (so they add no bytes)."""
 
-    def __init__(self, *packages: str, drop: tuple[str, ...] = ()):
+    def __init__(self, *packages: str, drop: tuple[str, ...] = (), cleanup: tuple[str, ...] = ()):
         super().__init__(*packages)
         self.drop = tuple(drop)
+        self.cleanup = tuple(cleanup)
 
     def render(self, ctx) -> Rendered:
         rendered = super().render(ctx)
-        if self.drop:
-            rendered.calls.append(RunCall(("/bin/sh", "-ec", "rm -rf " + " ".join(self.drop))))
-            rendered.summary += f" (drop {len(self.drop)} unused path(s))"
+        lines = (["rm -rf " + " ".join(self.drop)] if self.drop else []) + list(self.cleanup)
+        if lines:
+            rendered.calls.append(RunCall(("/bin/sh", "-ec", "\n".join(lines))))
+            rendered.summary += " (then trimmed)"
         return rendered
 
 
@@ -123,9 +133,9 @@ class Dev(Recipe):
     runtime = Runtime(user="developer", workdir="/workspace", mount_project="/workspace")
 
     def steps(self):
-        yield Install(*unique(TOOLCHAIN, BUILD_DEPS))
-        yield Install(*OCSERV_BUILD_DEPS)
-        yield Install(*DEBUG_TOOLS)
+        yield InstallTrimmed(*unique(TOOLCHAIN, BUILD_DEPS), cleanup=DEV_CLEANUP)
+        yield InstallTrimmed(*OCSERV_BUILD_DEPS, cleanup=DEV_CLEANUP)
+        yield InstallTrimmed(*DEBUG_TOOLS, cleanup=DEV_CLEANUP)
         yield from build_libraries(self.settings, DEBUG)
         yield AddUser("developer", 1000, 1000, home="/home/developer", owns=("/workspace",))
         yield Config(user="developer", workdir="/workspace", cmd=["bash"])
