@@ -85,7 +85,7 @@ def test_runtime_config_user_ports_volumes_healthcheck_entrypoint(s4):
         return [args[i + 1] for i, a in enumerate(args) if a == flag]
 
     assert values("--user") == ["1001"]
-    assert values("--port") == ["7480", "5000"]
+    assert values("--port") == ["7480/tcp", "5000/tcp"]
     assert values("--volume") == ["/var/lib/ceph/radosgw", "/opt/app-root/src/data"]
     assert values("--healthcheck") == ["CMD-SHELL curl -fsS http://127.0.0.1:5000/api/disclaimer || exit 1"]
     assert json.loads(values("--entrypoint")[0]) == ["/usr/local/bin/entrypoint.sh"]

@@ -126,7 +126,7 @@ class S4(Recipe):
         yield Env(**ENVIRONMENT, **DEMO_KEYS)
         yield Workdir(APP_ROOT)
         yield User("1001")
-        yield Expose(7480, 5000)
+        yield Expose("7480/tcp", "5000/tcp")
         yield Volume("/var/lib/ceph/radosgw", f"{APP_ROOT}/data")
         yield Healthcheck(f"{HEALTH_CMD} || exit 1")
         yield Entrypoint("/usr/local/bin/entrypoint.sh")
