@@ -123,6 +123,11 @@ class Dev(Recipe):
     plus the libraries' BUILD_DEPS, then wolfSSL, libuv, llhttp, cJSON, mimalloc built with the
     DEBUG profile (-O2 -g, hardening flags, unstripped) into /usr/local, one layer each.
     Runs as ``developer`` (1000:1000), who owns /workspace.
+
+    Size: measured 823 MB against the 500 MB budget (test: 843 MB). The content asked for does
+    not fit: gcc+g++ 14 ~190 MB, valgrind with libc6-dbg ~100 MB, perl ~57 MB (git, autotools),
+    cmake ~53 MB, git ~50 MB, python3 ~60 MB (meson, gdb, linux-perf), the full base 128 MB.
+    Docs and translations (~100 MB) are dropped in the install layers; man pages stay.
     """
 
     name = "ocserv-modern-dev"
@@ -175,7 +180,11 @@ class Build(Recipe):
     (dpkg-dev rpm createrepo-c). No debuggers. The five libraries are built with the RELEASE
     profile (-O3, LTO, hardening, stripped), one layer each. Runs as ``builder`` (1000:1000).
 
-    Size: the 200 MB budget cannot hold this on Debian 13: the slim base alone is ~128 MB and
+    Size: measured 521 MB (ci, squashed: 475 MB) against 200 MB. Breakdown of ci's files: gcc
+    (cc1 33, lto1 32, libgcc-14-dev 26, sanitizer runtimes 27) ~120 MB, g++ (cc1plus 35,
+    libstdc++ headers/archives) ~57 MB, perl ~57 MB, cmake ~42 MB, binutils ~25 MB, libc6-dev +
+    linux-libc-dev ~24 MB, the five libraries 17 MB, the base system ~110 MB.
+    The 200 MB budget cannot hold this on Debian 13: the slim base alone is ~128 MB and
     gcc 14 with its libraries ~200 MB (cc1 33 MB, lto1 32 MB, libgcc-14-dev with sanitizer
     runtimes 17 MB + 27 MB, binutils, libc6-dev, linux-libc-dev), dpkg-dev brings perl (~50 MB).
     What we do: --no-install-recommends (platform), no debuggers, and drop gcc's lto-dump and
