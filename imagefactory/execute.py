@@ -22,7 +22,7 @@ import sh
 
 from .buildah import Buildah, BuildahError, Cancelled, Container, ImageRecord, Mount, tail_of
 from .config import Settings
-from .plan import (FileDigests, Node, Plan, cache_ref, final_step, git_facts, group_steps, image_format_of,
+from .plan import (FileDigests, Node, Plan, cache_ref, final_commits, git_facts, group_steps, image_format_of,
                    render_steps, step_key)
 from .steps import ConfigCall, CopyCall, HostCall, Rendered, RunCall, Step
 
@@ -189,7 +189,7 @@ class Executor:
         rendered = render_steps(node, plan, ids, self.digests)
         groups, trailing = group_steps(rendered)
         image_format = image_format_of(plan, node)
-        total = len(rendered) + 1
+        total = len(rendered) + (1 if node.squash else 2) - len(trailing)
         self.reporter.image_started(node, total)
         current = parent_id
         chain = parent_id or "scratch"
@@ -228,37 +228,41 @@ class Executor:
             self._tag_cache(new_id, key)
             result.steps[-1].seconds = time.monotonic() - t0 if len(group) == 1 else result.steps[-1].seconds
             current = chain = new_id
-        # final image: labels + trailing config, squashed for leaves
-        final, final_calls, label_args = final_step(node, plan, trailing, self._revision, self._source,
-                                                    image_format)
-        final_key = step_key(chain, final)
-        hit = None if self.settings.no_cache else self._lookup(final_key)
-        index += len(trailing) + 1
-        rec = StepRecord(index, "final", final.summary, final_key, "final-hit" if hit else "final")
-        if hit:
-            final_id = hit
-            result.hits += 1
-        else:
-            self.reporter.step(node, rec, total, running=True)
-            s0 = time.monotonic()
-            with self._container(current, node) as ctr:
-                for call in final_calls:
-                    self._call(node, index, "config", call, ctr, None)
-                ctr.config(label_args)
-                final_id = self._commit(ctr, node, index, None, squash=node.squash, image_format=image_format,
-                                        final=True)
-            self._tag_cache(final_id, final_key)
-            rec.seconds = time.monotonic() - s0
-            result.misses += 1
-        result.steps.append(rec)
-        self.reporter.step(node, rec, total, running=False)
+        # finish: trailing config + labels (see plan.final_commits for why there may be two commits)
+        base_for_children = None
+        for fc in final_commits(node, plan, trailing, self._revision, self._source, image_format):
+            key = step_key(chain, fc.rendered)
+            hit = None if self.settings.no_cache else self._lookup(key)
+            index += 1
+            rec = StepRecord(index, "final", fc.rendered.summary, key, "final-hit" if hit else "final")
+            if hit:
+                new_id = hit
+                result.hits += 1
+            else:
+                self.reporter.step(node, rec, total, running=True)
+                s0 = time.monotonic()
+                with self._container(current, node) as ctr:
+                    for call in fc.calls:
+                        self._call(node, index, "config", call, ctr, None)
+                    ctr.config(fc.label_args)
+                    new_id = self._commit(ctr, node, index, None, squash=fc.squash, image_format=image_format,
+                                          final=True)
+                self._tag_cache(new_id, key)
+                rec.seconds = time.monotonic() - s0
+                result.misses += 1
+            result.steps.append(rec)
+            self.reporter.step(node, rec, total, running=False)
+            current = chain = new_id
+            if fc.feeds_children:
+                base_for_children = new_id
+        final_id = current
         ref = node.recipe.image_ref()
         if self._index.get(ref) != final_id:
             self.buildah.tag(final_id, ref)
             with self._lock:
                 self._index[ref] = final_id
         with self._lock:
-            self._image_ids[node.name] = final_id
+            self._image_ids[node.name] = base_for_children or final_id
         result.image_id = final_id
         result.seconds = time.monotonic() - started
         result.status = "built" if result.misses else "cached"

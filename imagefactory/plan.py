@@ -347,27 +347,58 @@ def image_format_of(plan: Plan, node: Node) -> str:
     return "oci"
 
 
-def final_step(node: Node, plan: Plan, trailing: list[tuple[Step, Rendered]], revision: str | None,
-               source: str | None, image_format: str) -> tuple[Rendered, list, list[str]]:
-    """The last commit of an image: trailing config + OCI labels, squashed for leaves.
+VOLATILE_LABELS = ("org.opencontainers.image.created", "org.opencontainers.image.revision",
+                   "org.opencontainers.image.source")
 
-    Returns the rendering that is keyed (``created`` is left out of the key unless
-    SOURCE_DATE_EPOCH pins it, so a rebuild is not a miss just because time passed),
-    the trailing config calls, and the label arguments actually applied.
+
+@dataclass
+class FinalCommit:
+    """One of the commits that finish an image: config + labels, squashed for leaves."""
+
+    rendered: Rendered  # what is keyed
+    calls: list  # trailing config calls to apply
+    label_args: list[str]  # labels actually applied
+    squash: bool
+    feeds_children: bool  # child recipes build FROM this commit
+
+
+def final_commits(node: Node, plan: Plan, trailing: list[tuple[Step, Rendered]], revision: str | None,
+                  source: str | None, image_format: str) -> list[FinalCommit]:
+    """How an image is finished.
+
+    Labels that change with every git commit (revision, created, source) must not leak into the
+    cache keys of child images, or each commit would rebuild every child. So a non-leaf image is
+    finished in two commits: the *stable* one (trailing config + stable labels), which children
+    build FROM, and the named image on top of it carrying the volatile labels (a config-only
+    commit). A squashed leaf is finished in one commit. ``created`` is keyed only when
+    SOURCE_DATE_EPOCH pins it, so time passing is not a cache miss.
     """
     from .steps import ConfigCall
 
     settings = plan.settings
     labels = oci_labels(node.recipe, settings, revision=revision, source=source)
-    label_args = [a for k, v in sorted(labels.items()) for a in ("--label", f"{k}={v}")]
-    keyed = [a for a in label_args if settings.source_date_epoch is not None
-             or not a.startswith("org.opencontainers.image.created=")]
+
+    def args(items) -> list[str]:
+        return [a for k, v in sorted(items) for a in ("--label", f"{k}={v}")]
+
+    def keyed(label_args: list[str]) -> tuple[str, ...]:
+        return tuple(a for a in label_args if settings.source_date_epoch is not None
+                     or not a.startswith("org.opencontainers.image.created="))
+
     calls = [c for _, r in trailing for c in r.calls]
-    summary = f"commit {node.recipe.image_ref()}" + (" (squashed)" if node.squash else "")
-    rendered = Rendered("final", summary, [*calls, ConfigCall(tuple(keyed))],
-                        [f"squash={node.squash}", f"format={image_format}",
-                         f"timestamp={settings.source_date_epoch}"])
-    return rendered, calls, label_args
+    facts = [f"squash={node.squash}", f"format={image_format}", f"timestamp={settings.source_date_epoch}"]
+    ref = node.recipe.image_ref()
+    if node.squash:
+        label_args = args(labels.items())
+        rendered = Rendered("final", f"commit {ref} (squashed)", [*calls, ConfigCall(keyed(label_args))], facts)
+        return [FinalCommit(rendered, calls, label_args, True, True)]
+    stable = args((k, v) for k, v in labels.items() if k not in VOLATILE_LABELS)
+    volatile = args((k, v) for k, v in labels.items() if k in VOLATILE_LABELS)
+    first = FinalCommit(Rendered("final", f"config + labels of {ref}", [*calls, ConfigCall(tuple(stable))], facts),
+                        calls, stable, False, True)
+    second = FinalCommit(Rendered("final", f"commit {ref} (revision labels)", [ConfigCall(keyed(volatile))], facts),
+                         [], volatile, False, False)
+    return [first, second]
 
 
 def git_facts(plan: Plan) -> tuple[str | None, str | None]:

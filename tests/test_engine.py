@@ -220,3 +220,23 @@ def test_plan_json_shows_status_and_calls_without_building(tiny_store, tmp_path)
     tiny_store.cli("build", "cli-plan", env=env)
     plan = json.loads(tiny_store.cli("plan", "cli-plan", "--json", env=env).stdout)
     assert [s["status"] for s in plan[0]["steps"]] == ["hit", "hit", "hit"]
+
+
+def test_new_git_revision_relabels_but_does_not_rebuild_children(tiny_store, tmp_path, monkeypatch):
+    import imagefactory.execute as execute
+
+    data = tmp_path / "data.txt"
+    data.write_text("r\n")
+    parent, child = make_chain(data)
+    monkeypatch.setattr(execute, "git_facts", lambda plan: ("rev-one", None))
+    build(tiny_store, child)
+    monkeypatch.setattr(execute, "git_facts", lambda plan: ("rev-two", None))
+    report, ex = build(tiny_store, child)
+    p, c = report.results
+    assert [s.status for s in p.steps if s.kind != "final"] == ["hit"] * 3
+    assert [s.status for s in p.steps if s.kind == "final"] == ["final-hit", "final"], \
+        "stable commit reused, only the revision-label commit is new"
+    assert [s.status for s in c.steps if s.kind != "final"] == ["hit"], "the child's steps stay cached"
+    bd = tiny_store.buildah()
+    assert bd.inspect(parent.image_ref())["OCIv1"]["config"]["Labels"]["org.opencontainers.image.revision"] == "rev-two"
+    assert bd.inspect(child.image_ref())["OCIv1"]["config"]["Labels"]["org.opencontainers.image.revision"] == "rev-two"

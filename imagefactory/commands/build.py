@@ -13,7 +13,7 @@ from ..buildah import CONTAINER_PREFIX, BuildahError, Mount
 from ..cli import EXIT_FAIL, EXIT_OK, buildah_for, command, console, err_console, print_table
 from ..config import Settings
 from ..execute import BuildFailed, Executor
-from ..plan import (CACHE_REPO, FileDigests, build_plan, cache_ref, final_step, git_facts, group_steps,
+from ..plan import (CACHE_REPO, FileDigests, build_plan, cache_ref, final_commits, git_facts, group_steps,
                     image_format_of, render_steps, step_key)
 from ..platforms import host_debian_mirror
 from ..recipe import REGISTRY
@@ -135,18 +135,26 @@ def describe_plan(targets: list[str], settings: Settings, read_store: bool = Tru
             steps.append({"index": i, "kind": r.kind, "summary": r.summary, "status": "miss",
                           "key": None, "calls": [shlex.join(bd.argv("config", *c.args, "$CTR")) for c in r.calls]})
         fmt = image_format_of(plan, node)
-        final, _, _ = final_step(node, plan, trailing, revision, source, fmt)
-        final_key = step_key(chain, final) if alive else None
-        final_hit = bool(final_key) and not settings.no_cache and cache_ref(final_key) in index
-        for st in steps[len(steps) - len(trailing):]:
-            st["status"] = "hit" if final_hit else "miss"
         ref = node.recipe.image_ref()
-        steps.append({"index": i + 1, "kind": "final", "summary": final.summary,
-                      "status": "hit" if final_hit else "miss", "key": final_key,
-                      "calls": [shlex.join(bd.argv("commit", "--format", fmt,
-                                                   *(["--squash"] if node.squash else []), "$CTR", ref))]})
-        if final_hit:
-            ids[node.name] = index[cache_ref(final_key)]
+        for n, fc in enumerate(final_commits(node, plan, trailing, revision, source, fmt)):
+            key = step_key(chain, fc.rendered) if alive else None
+            hit = bool(key) and not settings.no_cache and cache_ref(key) in index
+            if n == 0:
+                for st in steps[len(steps) - len(trailing):]:
+                    st["status"] = "hit" if hit else "miss"
+            i += 1
+            target = ref if not fc.feeds_children or fc.squash else "$STABLE"
+            steps.append({"index": i, "kind": "final", "summary": fc.rendered.summary,
+                          "status": "hit" if hit else "miss", "key": key,
+                          "calls": [shlex.join(bd.argv("config", *fc.label_args, "$CTR")),
+                                    shlex.join(bd.argv("commit", "--format", fmt,
+                                                       *(["--squash"] if fc.squash else []), "$CTR", target))]})
+            if hit:
+                chain = index[cache_ref(key)]
+                if fc.feeds_children:
+                    ids[node.name] = chain
+            else:
+                alive = False
         out.append({"image": node.name, "target": node.recipe.target_name(), "parent": pname,
                     "squash": node.squash, "format": fmt, "platform": plan.platform.name,
                     "deps": [d.name for d in node.deps], "steps": steps})
