@@ -150,7 +150,7 @@ class Bench:
         if original.debian_mirror:
             self.env["IMAGEFACTORY_DEBIAN_MIRROR"] = original.debian_mirror
         self.env.pop("SOURCE_DATE_EPOCH", None)
-        self.secrets = [str(self.work), str(REPO), str(Path.home()), original.source_cache,
+        self.secrets = [str(self.work), str(Path(args.workdir).resolve()) if args.workdir else "", str(REPO), str(Path.home()), original.source_cache,
                         *original.source_mirrors]
 
     # -- setup / teardown -------------------------------------------------------------
@@ -292,7 +292,7 @@ class Bench:
             if_store, cf_store = self.store("if"), self.store("cf")
             clone_images(seed, if_store)
             clone_images(seed, cf_store, [SLIM_REF])
-            cold = self.pair("cold-build", if_store, cf_store, target, label="cold")
+            cold = self.pair("cold-build", if_store, cf_store, target, first=self.args.cold_first, label="cold")
             m["cold-build"] = cold
             self.checkpoint()
             m["size"] = {
@@ -536,6 +536,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"comma-separated measurements: {', '.join(MEASUREMENTS)}, family, all (default)")
     p.add_argument("--target", default="build", help="the image compared with its Containerfile (default build)")
     p.add_argument("--repeat", type=int, default=3, help="no-op rebuilds per tool (median reported)")
+    p.add_argument("--cold-first", choices=("imagefactory", "containerfile"), default="imagefactory",
+                   help="which tool builds first in the cold pair (run twice, once each way, on a busy machine)")
     p.add_argument("--patch-lib", default="cjson", help="library that gets the harmless patch (default cjson)")
     p.add_argument("--workdir", help="where the temporary copy and the stores go (default: system temp folder)")
     p.add_argument("--results", type=Path, default=HERE / "results" / "latest.json")
