@@ -166,7 +166,7 @@ class Podman:
 
     def cleanup(self) -> None:
         for ctr in self.containers:
-            self("rm", "--force", "--time", "5", ctr, check=False)
+            self("rm", "--force", "--volumes", "--time", "5", ctr, check=False)  # + anonymous volumes
         for vol in self.volumes:
             self("volume", "rm", "--force", vol, check=False)
 
