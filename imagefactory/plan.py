@@ -146,7 +146,16 @@ class Plan:
 def resolve_parent(recipe: type[Recipe], platform: Platform) -> type[Recipe] | str | None:
     parent = recipe.declared_parent()
     if parent is None and recipe.base:
-        parent = platform.base_recipe(recipe.base)
+        base = recipe.base
+        if isinstance(base, dict):  # per platform: {"debian": "slim", "ubi9": "registry/image:tag"}
+            if platform.name not in base:
+                raise PlanError(f"recipe {recipe.name!r} names no base for platform {platform.name!r}; "
+                                f"add it to `base` (has: {', '.join(base)})")
+            base = base[platform.name]
+        if isinstance(base, type) or (isinstance(base, str) and ("/" in base or ":" in base)):
+            parent = base  # a recipe class or an external image reference
+        else:
+            parent = platform.base_recipe(base)
     if isinstance(parent, str) or parent is None:
         return parent
     if not (isinstance(parent, type) and issubclass(parent, Recipe)):

@@ -53,7 +53,8 @@ class Recipe:
       name            image name (``ocserv-modern-dev``); makes the class a concrete recipe
       target          short CLI name (``dev``); defaults to ``name``
       parent          explicit parent recipe class or external image reference
-      base            ``"full"`` or ``"slim"``: the platform base when there is no recipe parent
+      base            ``"full"`` or ``"slim"``: the platform base when there is no recipe parent;
+                      or per platform, ``{"debian": "slim", "ubi9": "registry/image:tag"}``
       version         image tag and org.opencontainers.image.version
       squash          squash the final image; default: squash leaf images only
       size_budget_mb  ``verify --size`` fails above it; ``build`` reports against it
@@ -66,7 +67,7 @@ class Recipe:
     name: ClassVar[str]
     target: ClassVar[str | None] = None
     parent: ClassVar[Any] = None
-    base: ClassVar[str | None] = None
+    base: ClassVar[str | dict[str, str] | None] = None
     version: ClassVar[str] = "latest"
     squash: ClassVar[bool | None] = None
     size_budget_mb: ClassVar[float | None] = None

