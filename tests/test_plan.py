@@ -281,3 +281,22 @@ def test_config_errors_name_the_setting(tmp_path):
         config.load(None, env={"IMAGEFACTORY_JOBS": "many"})
     with pytest.raises(config.ConfigError, match="does not exist"):
         config.load(str(tmp_path / "missing.yaml"), env={})
+
+
+def test_base_per_platform_and_missing_platform_is_named():
+    class PerPlatform(Recipe):
+        """per platform"""
+        name = uid("per-platform")
+        base = {"debian": "slim", "ubi9": "registry.example.org/custom/base:1"}
+
+    assert build_plan([PerPlatform], settings(platform="ubi9")).node(PerPlatform).parent == \
+        "registry.example.org/custom/base:1"
+    assert build_plan([PerPlatform], settings()).node(PerPlatform).parent.name == "imagefactory-base-debian-slim"
+
+    class DebianOnly(Recipe):
+        """debian only"""
+        name = uid("debian-only")
+        base = {"debian": "slim"}
+
+    with pytest.raises(PlanError, match="no base for platform 'ubi9'"):
+        build_plan([DebianOnly], settings(platform="ubi9"))
