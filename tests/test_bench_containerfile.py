@@ -84,7 +84,7 @@ def recipes(tmp_path):
                       env={"LC_ALL": "C.UTF-8"},
                       mounts=(Mount(target="/run/src", source=str(src)),
                               Mount(target="/run/patches", source=str(patches))))
-            yield Run("whoami > /tmp/who", user="nobody", workdir="/srv")
+            yield Run("whoami > /srv/who", user="nobody", workdir="/srv")
             yield Copy(str(conf), "/etc/app.conf", mode="0644", chown="0:0")
             yield CopyFrom("builder", "/out/app", "/usr/local/bin/app", mode="0755")
             yield Config(user="app", workdir="/srv", cmd=["app", "--serve"], expose=[8080])
