@@ -189,7 +189,7 @@ class Executor:
         rendered = render_steps(node, plan, ids, self.digests)
         groups, trailing = group_steps(rendered)
         image_format = image_format_of(plan, node)
-        total = len(rendered) + (1 if node.squash else 2) - len(trailing)
+        total = len(rendered) + (1 if node.leaf else 2) - len(trailing)
         self.reporter.image_started(node, total)
         current = parent_id
         chain = parent_id or "scratch"

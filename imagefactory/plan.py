@@ -105,7 +105,8 @@ class Node:
     recipe: type[Recipe]
     parent: type[Recipe] | str | None  # recipe, external image ref, or scratch
     deps: list[type[Recipe]] = field(default_factory=list)  # parent recipe + stages it copies from
-    leaf: bool = False
+    leaf: bool = False  # no recipe builds FROM it
+    shipped: bool = True  # a target users run (not a base or a stage)
 
     @property
     def name(self) -> str:
@@ -113,8 +114,8 @@ class Node:
 
     @property
     def squash(self) -> bool:
-        """Leaf images are squashed unless the recipe says otherwise; stages and bases never need it."""
-        return self.recipe.squash if self.recipe.squash is not None else self.leaf
+        """Shipped leaf images are squashed unless the recipe says otherwise; stages and bases never need it."""
+        return self.recipe.squash if self.recipe.squash is not None else (self.leaf and self.shipped)
 
 
 @dataclass
@@ -237,7 +238,8 @@ def build_plan(targets: Iterable[str | type[Recipe]], settings: Settings) -> Pla
     parents_of_others = {p.name for p in (cls.declared_parent() for cls in REGISTRY)
                          if isinstance(p, type) and p.is_concrete()}
     for node in order:
-        node.leaf = node.name not in parents_of_others and not node.recipe.hidden and not _is_stage(node.recipe)
+        node.leaf = node.name not in parents_of_others
+        node.shipped = not node.recipe.hidden and not _is_stage(node.recipe)
     return Plan(settings, platform, order, wanted)
 
 
@@ -379,7 +381,7 @@ def final_commits(node: Node, plan: Plan, trailing: list[tuple[Step, Rendered]],
     cache keys of child images, or each commit would rebuild every child. So a non-leaf image is
     finished in two commits: the *stable* one (trailing config + stable labels), which children
     build FROM, and the named image on top of it carrying the volatile labels (a config-only
-    commit). A squashed leaf is finished in one commit. ``created`` is keyed only when
+    commit). A leaf (no child builds on it) is finished in one commit. ``created`` is keyed only when
     SOURCE_DATE_EPOCH pins it, so time passing is not a cache miss.
     """
     from .steps import ConfigCall
@@ -397,14 +399,16 @@ def final_commits(node: Node, plan: Plan, trailing: list[tuple[Step, Rendered]],
     calls = [c for _, r in trailing for c in r.calls]
     facts = [f"squash={node.squash}", f"format={image_format}", f"timestamp={settings.source_date_epoch}"]
     ref = node.recipe.image_ref()
-    if node.squash:
+    squashed = " (squashed)" if node.squash else ""
+    if node.leaf:  # no child builds on it: one commit carries everything
         label_args = args(labels.items())
-        rendered = Rendered("final", f"commit {ref} (squashed)", [*calls, ConfigCall(keyed(label_args))], facts)
-        return [FinalCommit(rendered, calls, label_args, True, True)]
+        rendered = Rendered("final", f"commit {ref}{squashed}", [*calls, ConfigCall(keyed(label_args))], facts)
+        return [FinalCommit(rendered, calls, label_args, node.squash, True)]
     stable = args((k, v) for k, v in labels.items() if k not in VOLATILE_LABELS)
     volatile = args((k, v) for k, v in labels.items() if k in VOLATILE_LABELS)
-    first = FinalCommit(Rendered("final", f"config + labels of {ref}", [*calls, ConfigCall(tuple(stable))], facts),
-                        calls, stable, False, True)
+    first = FinalCommit(Rendered("final", f"config + labels of {ref}{squashed}",
+                                 [*calls, ConfigCall(tuple(stable))], facts),
+                        calls, stable, node.squash, True)
     second = FinalCommit(Rendered("final", f"commit {ref} (revision labels)", [ConfigCall(keyed(volatile))], facts),
                          [], volatile, False, False)
     return [first, second]

@@ -58,7 +58,7 @@ def test_plan_builds_the_builder_before_the_runtime(s4):
     levels = [[n.name for n in lvl] for lvl in plan.levels()]
     level_of = {name: i for i, lvl in enumerate(levels) for name in lvl}
     assert level_of["s4-builder"] < level_of["s4"]
-    assert runtime.leaf and not plan.node(S4Builder).leaf, "only the runtime is squashed"
+    assert runtime.squash and not plan.node(S4Builder).squash, "only the runtime is squashed"
 
 
 def test_runtime_copies_only_built_artifacts_from_the_builder(s4):
