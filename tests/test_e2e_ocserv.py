@@ -104,7 +104,7 @@ def test_cold_build_built_all_four(ocserv):
     assert data_of(ocserv["report"])["ok"]
     for t in TARGETS:
         assert imgs[IMAGES[t]]["status"] in ("built", "cached")
-    for name in ("ocserv-modern-dev", "ocserv-modern-build"):
+    for name in ("ocserv-modern-dev", "ocserv-modern-release-libs"):
         libs = [s for s in imgs[name]["steps"] if s["kind"] == "library"]
         assert [s["summary"].split()[0] for s in libs] == list(LIBS), "one layer per library"
 
@@ -241,7 +241,7 @@ def test_one_library_flag_change_rebuilds_only_it_and_later(e2e_store, ocserv):
                     extra=("--set", "ocserv.cflags.cjson=-DIMAGEFACTORY_E2E_VARIANT=1"))
     seconds = time.monotonic() - t0
     imgs = images_of(variant)
-    steps = imgs["ocserv-modern-build"]["steps"]
+    steps = imgs["ocserv-modern-release-libs"]["steps"]
     ran = [s["summary"] for s in steps if s["status"] == "run"]
     hit = [s["summary"] for s in steps if s["status"] == "hit"]
     first_run = next(i for i, s in enumerate(steps) if s["status"] == "run")
@@ -249,10 +249,13 @@ def test_one_library_flag_change_rebuilds_only_it_and_later(e2e_store, ocserv):
     assert all(s["status"] in ("run", "final") for s in steps[first_run:]), steps
     assert [h.split()[0] for h in hit if h.split()[0] in LIBS] == ["wolfssl", "libuv", "llhttp"]
     assert [r.split()[0] for r in ran if r.split()[0] in LIBS] == ["cjson", "mimalloc"]
-    # the leaf on top rebuilds too (its parent changed), the base does not
+    # build copies the stage's /usr/local again (its packages stay cached); ci on top rebuilds too
+    build_steps = imgs["ocserv-modern-build"]["steps"]
+    assert [s["status"] for s in build_steps if s["kind"] == "install"] == ["hit"]
+    assert [s["status"] for s in build_steps if s["kind"] == "copy-from"] == ["run"]
     assert imgs["ocserv-modern-ci"]["status"] == "built"
     assert imgs["imagefactory-base-debian-slim"]["status"] == "cached"
-    print(f"variant rebuild (cjson flags): {seconds:.0f}s, {len(ran)} step(s) run in build")
+    print(f"variant rebuild (cjson flags): {seconds:.0f}s, {len(ran)} step(s) run in the release stage")
     assert seconds < 300
     # the variant's flags are in the manifest of the rebuilt image...
     proc = run_in(e2e_store, IMAGES["build"], ["grep", "-c", "IMAGEFACTORY_E2E_VARIANT",

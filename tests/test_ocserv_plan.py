@@ -91,14 +91,18 @@ def test_all_four_render_with_parents_and_one_step_per_library(tmp_path, recipes
             "ubi9": ("imagefactory-base-ubi9", "imagefactory-base-ubi9-minimal")}[platform]
     assert imgs["ocserv-modern-dev"]["parent"] == base[0]
     assert imgs["ocserv-modern-build"]["parent"] == base[1]
-    for name, profile in (("ocserv-modern-dev", "debug"), ("ocserv-modern-build", "release")):
+    for name, profile in (("ocserv-modern-dev", "debug"), ("ocserv-modern-release-libs", "release")):
         steps = library_steps(imgs[name])
         assert [s["summary"].split()[0] for s in steps] == LIBS
         assert all(profile in s["summary"] for s in steps)
-    for leaf in ("ocserv-modern-test", "ocserv-modern-ci"):
-        assert not library_steps(imgs[leaf]), "leaves reuse their parent's libraries"
-        assert imgs[leaf]["squash"] is True
-    for mid in ("ocserv-modern-dev", "ocserv-modern-build"):
+    assert "ocserv-modern-release-libs" in imgs["ocserv-modern-build"]["deps"]
+    copies = [s for s in imgs["ocserv-modern-build"]["steps"] if s["kind"] == "copy-from"]
+    assert [c["summary"] for c in copies] == ["ocserv-modern-release-libs:/usr/local → /usr/local"]
+    for leaf in ("ocserv-modern-test", "ocserv-modern-ci", "ocserv-modern-build"):
+        assert not library_steps(imgs[leaf]), "libraries are built once, in dev or the release stage"
+    for squashed in ("ocserv-modern-test", "ocserv-modern-ci", "ocserv-modern-build"):
+        assert imgs[squashed]["squash"] is True
+    for mid in ("ocserv-modern-dev", "ocserv-modern-release-libs"):
         assert imgs[mid]["squash"] is False, "intermediates keep one layer per library"
 
 
@@ -112,11 +116,16 @@ def test_every_package_has_a_ubi9_name():
 
 # --- exact install commands -----------------------------------------------------------------
 def test_ubi9_build_uses_microdnf_with_mapped_names(tmp_path, recipes):
-    build = plan(tmp_path, "ubi9")["ocserv-modern-build"]
+    imgs = plan(tmp_path, "ubi9")
+    build = imgs["ocserv-modern-build"]
     first = installs(build)[0]
     assert first.splitlines()[0] == (
+        "microdnf install -y --nodocs --setopt=install_weak_deps=0 binutils "
+        "createrepo_c file gcc glibc-devel make patch pkgconf-pkg-config rpm-build xz")
+    libs = installs(imgs["ocserv-modern-release-libs"])[0]
+    assert libs.splitlines()[0] == (
         "microdnf install -y --nodocs --setopt=install_weak_deps=0 autoconf automake binutils cmake "
-        "createrepo_c file gcc gcc-c++ glibc-devel gzip libtool make patch pkgconf-pkg-config rpm-build tar xz")
+        "file gcc gcc-c++ glibc-devel gzip libtool make patch pkgconf-pkg-config tar xz")
     assert first.splitlines()[1] == "microdnf clean all"
     assert "dpkg" not in first  # dpkg-dev has no UBI package: dropped
     # the unused files go in the same step (layer) as the install
@@ -140,10 +149,9 @@ def test_debian_install_lines(tmp_path, recipes):
     imgs = plan(tmp_path, "debian")
     build = installs(imgs["ocserv-modern-build"])[0].splitlines()
     assert build[0] == "apt-get update -q"
-    assert build[1] == ("apt-get install -y -q --no-install-recommends autoconf automake binutils cmake "
-                        "createrepo-c dpkg-dev file g++ gcc gzip libc6-dev libtool-bin make patch pkgconf rpm "
-                        "tar xz-utils")
-    for forbidden in ("gdb", "valgrind", "strace", "linux-perf", "meson"):
+    assert build[1] == ("apt-get install -y -q --no-install-recommends binutils "
+                        "createrepo-c dpkg-dev file gcc libc6-dev make patch pkgconf rpm xz-utils")
+    for forbidden in ("gdb", "valgrind", "strace", "linux-perf", "meson", "g++", "cmake"):
         assert f" {forbidden} " not in f" {build[1]} ", f"build must not install {forbidden}"
     dev = installs(imgs["ocserv-modern-dev"])
     assert dev[2].splitlines()[1] == "apt-get install -y -q --no-install-recommends gdb linux-perf strace valgrind"
@@ -193,7 +201,7 @@ def _chain_keys(tmp_path, **values) -> dict[str, list[tuple[str, str]]]:
     p = build_plan(TARGETS, s)
     out = {}
     for node in p.nodes:
-        if node.name not in ("ocserv-modern-dev", "ocserv-modern-build"):
+        if node.name not in ("ocserv-modern-dev", "ocserv-modern-release-libs"):
             continue
         groups, _ = group_steps(render_steps(node, p, {}, FileDigests()))
         key, keys = "sha256:fake-parent-image", []
@@ -208,7 +216,7 @@ def _chain_keys(tmp_path, **values) -> dict[str, list[tuple[str, str]]]:
 def test_changing_one_librarys_flags_changes_only_that_step_and_later(tmp_path, recipes):
     before = _chain_keys(tmp_path)
     after = _chain_keys(tmp_path, ocserv__cflags__cjson="-DIMAGEFACTORY_VARIANT=1")
-    for name in ("ocserv-modern-dev", "ocserv-modern-build"):
+    for name in ("ocserv-modern-dev", "ocserv-modern-release-libs"):
         b, a = before[name], after[name]
         assert len(a) == len(b) and all(k for _, k in b), f"{name}: every step must have a key"
         first_changed = next(i for i, (x, y) in enumerate(zip(b, a)) if x[1] != y[1])
