@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -28,15 +27,6 @@ SUPERVISORCTL = ["supervisorctl", "-c", "/etc/supervisor/supervisord.conf"]
 # Keys for this test only: proves the image's demo defaults are overridable.
 ACCESS_KEY = "e2e-access-key"
 SECRET_KEY = "e2e-secret-key-0123456789"
-CONTAINERS_CONF = """\
-[containers]
-default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
-
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-"""
 
 
 # --- build ---------------------------------------------------------------------
@@ -49,8 +39,8 @@ def _head() -> str:
 def s4_build(e2e_store, tmp_path_factory):
     """Build s4 (builder + runtime); return the first build's report and a no-op rebuild's report.
 
-    The final images carry the git revision as a label (part of their cache key), so a commit
-    landing between two builds rebuilds everything: then build once more with HEAD still.
+    The final images carry the git revision as a label, so a commit landing between two builds
+    re-labels them (one config commit each): then build once more with HEAD still.
     """
     out = tmp_path_factory.mktemp("s4-build")
 
@@ -174,13 +164,9 @@ class Podman:
 @pytest.fixture
 def podman(e2e_store, tmp_path):
     require_tool("podman")
-    shipped = REPO / "ci" / "containers.conf"
-    conf = tmp_path / "containers.conf"
-    if shipped.is_file():
-        shutil.copy(shipped, conf)
-    else:
-        conf.write_text(CONTAINERS_CONF)
-    p = Podman(e2e_store, conf)
+    from imagefactory.podman import containers_conf
+
+    p = Podman(e2e_store, containers_conf(tmp_path))
     try:
         yield p
     finally:
