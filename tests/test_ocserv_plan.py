@@ -100,9 +100,9 @@ def test_all_four_render_with_parents_and_one_step_per_library(tmp_path, recipes
     assert [c["summary"] for c in copies] == ["ocserv-modern-release-libs:/usr/local → /usr/local"]
     for leaf in ("ocserv-modern-test", "ocserv-modern-ci", "ocserv-modern-build"):
         assert not library_steps(imgs[leaf]), "libraries are built once, in dev or the release stage"
-    for squashed in ("ocserv-modern-test", "ocserv-modern-ci", "ocserv-modern-build"):
+    for squashed in ("ocserv-modern-test", "ocserv-modern-ci"):
         assert imgs[squashed]["squash"] is True
-    for mid in ("ocserv-modern-dev", "ocserv-modern-release-libs"):
+    for mid in ("ocserv-modern-dev", "ocserv-modern-release-libs", "ocserv-modern-build"):
         assert imgs[mid]["squash"] is False, "intermediates keep one layer per library"
 
 
