@@ -245,7 +245,9 @@ def test_gitlab_structure():
 
 @pytest.mark.parametrize("path", [GITHUB, GITLAB, REPO / "ci" / "containers.conf"])
 def test_no_machine_paths_or_registry_hosts(path):
+    import re
+
     text = path.read_text()
-    for bad in ("/work/", "/tmp/", "/var/tmp/", "pypi.org", "files.pythonhosted", "deb.debian.org",
-                "registry.npmjs"):
-        assert bad not in text, f"{path.name} mentions {bad}"
+    assert str(REPO.parent) not in text, f"{path.name} names where this checkout happens to live"
+    hosts = set(re.findall(r"https?://([^/\s\"']+)", text))
+    assert hosts <= {"github.com"}, f"{path.name} names hosts {hosts}: mirrors come from the machine's own config"
