@@ -248,6 +248,6 @@ def test_no_machine_paths_or_registry_hosts(path):
     import re
 
     text = path.read_text()
-    assert str(REPO.parent) not in text, f"{path.name} names where this checkout happens to live"
+    assert str(REPO) + "/" not in text, f"{path.name} names where this checkout happens to live"
     hosts = set(re.findall(r"https?://([^/\s\"']+)", text))
     assert hosts <= {"github.com"}, f"{path.name} names hosts {hosts}: mirrors come from the machine's own config"
