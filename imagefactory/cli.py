@@ -22,8 +22,9 @@ from .buildah import Buildah, BuildahError, Cancelled
 from .config import ConfigError, Settings
 from .recipe import RecipeError, load_recipes
 
-console = Console()
-err_console = Console(stderr=True)
+# CI logs are not terminals: give tables room instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 _COMMANDS: dict[str, tuple[Handler, Callable[[argparse.ArgumentParser], None], str]] = {}
