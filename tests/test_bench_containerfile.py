@@ -194,10 +194,10 @@ def test_config_calls_and_final_labels(recipes):
 
 def test_config_translation_covers_healthcheck_volume_entrypoint():
     out = cf.config_instructions(["--entrypoint", '["/init"]', "--volume", "/data", "--label", 'a="b"',
-                                  "--healthcheck", "CMD-SHELL curl -f http://x/", "--healthcheck-interval", "30s",
+                                  "--healthcheck", "CMD-SHELL curl -f http://127.0.0.1/", "--healthcheck-interval", "30s",
                                   "--healthcheck-retries", "3"])
     assert out == ['ENTRYPOINT ["/init"]', 'VOLUME ["/data"]', 'LABEL "a"="\\"b\\""',
-                   "HEALTHCHECK --interval=30s --retries=3 CMD curl -f http://x/"]
+                   "HEALTHCHECK --interval=30s --retries=3 CMD curl -f http://127.0.0.1/"]
     with pytest.raises(cf.ContainerfileError):
         cf.config_instructions(["--stop-signal", "TERM"])
 
