@@ -11,13 +11,13 @@ from .execute import BuildFailed, BuildReport, Executor
 from .plan import Plan, PlanError, build_plan
 from .recipe import REGISTRY, Recipe, RecipeError, Runtime, load_recipes
 from .steps import (AddUser, Cmd, Config, Copy, CopyFrom, Entrypoint, Env, Expose, Healthcheck, Install, Label,
-                    Run, Step, User, Volume, Workdir)
+                    Run, Secret, Step, User, Volume, Workdir)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AddUser", "BuildFailed", "BuildReport", "Buildah", "BuildahError", "Cmd", "Config", "ConfigError", "Copy",
     "CopyFrom", "Entrypoint", "Env", "Executor", "Expose", "Healthcheck", "Install", "Label", "Mount", "Plan",
-    "PlanError", "REGISTRY", "Recipe", "RecipeError", "Run", "Runtime", "Settings", "Step", "StorageOptions", "User",
+    "PlanError", "REGISTRY", "Recipe", "RecipeError", "Run", "Secret", "Runtime", "Settings", "Step", "StorageOptions", "User",
     "Volume", "Workdir", "build_plan", "load_recipes", "load_settings",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import threading
 import uuid
@@ -22,7 +23,12 @@ from pathlib import Path
 import sh
 
 CONTAINER_PREFIX = "imagefactory-"
+TEMP_IMAGE_REPO = "localhost/imagefactory-tmp"
 TAIL_LINES = 40
+# Working containers and temporary commits carry the owning process's PID in their
+# name ("imagefactory-<hint>-p<pid>-<hex>"), so a later run can tell the leftovers of a
+# killed build from the containers of a build that is still running.
+_OWNER = re.compile(r"-p(\d+)-[0-9a-f]{8}$")
 
 
 class BuildahError(RuntimeError):
@@ -51,6 +57,9 @@ class StorageOptions:
     runroot: str | None = None
     driver: str | None = None
     isolation: str = "chroot"
+    # buildah's scratch space (layer blobs during commit); per process below this folder, so
+    # what a killed commit leaves is found and removed by the next run. None: $TMPDIR.
+    tmp_root: str | None = None
 
     def global_args(self) -> list[str]:
         args: list[str] = []
@@ -116,19 +125,28 @@ class Buildah:
         """The full command line for ``buildah ARGS`` (used by `plan` to show calls)."""
         return [self.binary, *self.storage.global_args(), *args]
 
-    def _call(self, *args: str, log: Path | None = None, env: dict | None = None, cleanup: bool = False) -> str:
+    def _call(self, *args: str, log: Path | None = None, env: dict | None = None, cleanup: bool = False,
+              redactions: tuple[str, ...] = ()) -> str:
         if self._cancelled.is_set() and not cleanup:
             raise Cancelled("build cancelled")
         argv = self.argv(*args)
         with self._lock:
             self.counters.calls.append(argv)
-        kwargs: dict = {"_bg": True, "_bg_exc": False, "_new_session": True, "_env": env or _clean_env()}
+        kwargs: dict = {"_bg": True, "_bg_exc": False, "_new_session": True, "_env": env or self._env(),
+                        "_preexec_fn": _die_with_parent}
         logf = None
         if log is not None:
             log.parent.mkdir(parents=True, exist_ok=True)
             logf = open(log, "ab", buffering=0)
             logf.write(("$ " + " ".join(argv) + "\n").encode())
-            kwargs.update(_out=logf, _err_to_out=True)
+            if redactions:  # scrub secret values before a byte reaches the log file
+                def scrub(chunk, out=logf):
+                    text = chunk if isinstance(chunk, str) else chunk.decode("utf-8", "replace")
+                    out.write(_redact(text, redactions).encode())
+
+                kwargs.update(_out=scrub, _err_to_out=True)
+            else:
+                kwargs.update(_out=logf, _err_to_out=True)
         try:
             proc = sh.Command(argv[0])(*argv[1:], **kwargs)
             with self._lock:
@@ -147,7 +165,7 @@ class Buildah:
                 tail = tail_of(log)
             else:
                 tail = "\n".join(exc.stderr.decode("utf-8", "replace").splitlines()[-TAIL_LINES:])
-            raise BuildahError(argv, exc.exit_code, tail, log) from None
+            raise BuildahError(argv, exc.exit_code, _redact(tail, redactions), log) from None
         except sh.SignalException:
             if self._cancelled.is_set():
                 raise Cancelled("build cancelled") from None
@@ -155,6 +173,20 @@ class Buildah:
         finally:
             if logf:
                 logf.close()
+
+    def _env(self) -> dict[str, str]:
+        env = _clean_env()
+        if self.storage.tmp_root:
+            env["TMPDIR"] = str(self.scratch_dir())
+        return env
+
+    def scratch_dir(self) -> Path:
+        """This process's scratch folder (buildah's TMPDIR, iid/digest files)."""
+        if not self.storage.tmp_root:
+            return Path(_scratch_dir())
+        path = Path(self.storage.tmp_root) / f"p{os.getpid()}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     def cancel(self) -> None:
         """Stop every running buildah process (whole process group) so callers can clean up."""
@@ -225,7 +257,7 @@ class Buildah:
 
     def push(self, image: str, destination: str, *, tls_verify: bool = True, log: Path | None = None) -> str:
         """Push and return the manifest digest the registry now serves."""
-        digest_file = Path(_scratch_dir()) / f"digest-{uuid.uuid4().hex}"
+        digest_file = self.scratch_dir() / f"digest-{uuid.uuid4().hex}"
         try:
             self._call(
                 "push", f"--tls-verify={'true' if tls_verify else 'false'}",
@@ -237,14 +269,14 @@ class Buildah:
 
     # -- containers -----------------------------------------------------------
     def from_image(self, image: str, *, name_hint: str = "work") -> Container:
-        name = f"{CONTAINER_PREFIX}{_safe(name_hint)}-{uuid.uuid4().hex[:8]}"
+        name = owned_name(CONTAINER_PREFIX + _safe(name_hint))
         self._call("from", "--quiet", "--pull=never", "--name", name, image)
         with self._lock:
             self.counters.containers_started += 1
         return Container(self, name)
 
     def from_scratch(self, *, name_hint: str = "scratch") -> Container:
-        name = f"{CONTAINER_PREFIX}{_safe(name_hint)}-{uuid.uuid4().hex[:8]}"
+        name = owned_name(CONTAINER_PREFIX + _safe(name_hint))
         self._call("from", "--quiet", "--name", name, "scratch")
         with self._lock:
             self.counters.containers_started += 1
@@ -263,6 +295,35 @@ class Buildah:
         out = self._call("containers", "--json", "--all")
         return json.loads(out or "[]") or []
 
+    def leftovers(self, images: Iterable[ImageRecord] | None = None) -> tuple[list[str], list[str]]:
+        """Working containers and temporary commits of imagefactory runs that are no longer alive.
+
+        Only names this wrapper gives out are considered, and only when the PID in the
+        name is not a running process: a concurrent build's containers are left alone.
+        """
+        containers = [name for ctr in self.containers()
+                      if (name := ctr.get("containername") or ctr.get("ContainerName") or "").startswith(
+                          CONTAINER_PREFIX) and not owner_alive(name)]
+        records = self.images() if images is None else images
+        temps = [n for r in records for n in r.names if n.startswith(TEMP_IMAGE_REPO + ":") and not owner_alive(n)]
+        return containers, temps
+
+    def remove_leftovers(self, images: Iterable[ImageRecord] | None = None) -> tuple[list[str], list[str]]:
+        containers, temps = self.leftovers(images)
+        if self.storage.tmp_root and Path(self.storage.tmp_root).is_dir():
+            for folder in Path(self.storage.tmp_root).glob("p*"):
+                if folder.name[1:].isdigit() and not _pid_alive(int(folder.name[1:])):
+                    shutil.rmtree(folder, ignore_errors=True)
+        for name in containers:
+            self.remove_container(name)
+        for name in temps:
+            try:
+                self.untag(name)
+            except BuildahError as exc:
+                if "image not known" not in exc.stderr_tail:
+                    raise
+        return containers, temps
+
     def remove_container(self, name: str) -> None:
         """Remove even after a cancel: cleanup must never be skipped."""
         try:
@@ -277,9 +338,9 @@ class Buildah:
 
     def run(self, ctr: str, argv: list[str], *, env: dict[str, str] | None = None, user: str | None = None,
             workdir: str | None = None, mounts: Iterable[Mount] = (), network: str | None = None,
-            log: Path | None = None) -> None:
+            log: Path | None = None, redactions: tuple[str, ...] = ()) -> None:
         self._call(*self.run_args(ctr, argv, env=env, user=user, workdir=workdir, mounts=mounts,
-                                  network=network), log=log)
+                                  network=network), log=log, redactions=redactions)
         with self._lock:
             self.counters.runs += 1
 
@@ -334,7 +395,9 @@ class Buildah:
 
     def commit(self, ctr: str, name: str | None = None, *, squash: bool = False,
                timestamp: int | None = None, image_format: str = "oci", log: Path | None = None) -> str:
-        iid = Path(_scratch_dir()) / f"iid-{uuid.uuid4().hex}"
+        """Commit and return the image ID. Without ``name`` the image gets a temporary owned
+        name (see :meth:`commit_then_tag`), never an untraceable dangling image."""
+        iid = self.scratch_dir() / f"iid-{uuid.uuid4().hex}"
         args = ["commit", "--quiet", "--format", image_format, "--iidfile", str(iid)]
         if squash:
             args.append("--squash")
@@ -350,6 +413,17 @@ class Buildah:
             return iid.read_text().strip().removeprefix("sha256:")
         finally:
             iid.unlink(missing_ok=True)
+
+    def commit_then_tag(self, ctr: str, names: list[str], **kw) -> str:
+        """Commit under a temporary name, then tag: a name in ``names`` only ever points at a
+        complete image. A run killed in between leaves only the temporary name, which the
+        next run removes (:meth:`remove_leftovers`)."""
+        temp = owned_name(TEMP_IMAGE_REPO + ":" + _safe(ctr.removeprefix(CONTAINER_PREFIX))[:60])
+        image_id = self.commit(ctr, temp, **kw)
+        if names:
+            self.tag(image_id, *names)
+        self.untag(temp)
+        return image_id
 
     def version(self) -> str:
         return self._call("version", "--json")
@@ -407,6 +481,46 @@ def _clean_env() -> dict[str, str]:
     """buildah itself needs PATH/HOME/TMPDIR; steps get only what the recipe sets."""
     keep = ("PATH", "HOME", "TMPDIR", "LANG", "XDG_RUNTIME_DIR", "REGISTRY_AUTH_FILE")
     return {k: v for k, v in os.environ.items() if k in keep or k.startswith(("BUILDAH_", "CONTAINERS_"))}
+
+
+def _redact(text: str, values: tuple[str, ...]) -> str:
+    for value in values:
+        text = text.replace(value, "[secret]")
+    return text
+
+
+def owned_name(prefix: str) -> str:
+    """A container or temporary image name that records this process as its owner."""
+    return f"{prefix}-p{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def owner_alive(name: str) -> bool:
+    """Is the process that created ``name`` still running? Names without an owner count as dead."""
+    m = _OWNER.search(name)
+    return bool(m) and _pid_alive(int(m.group(1)))
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _die_with_parent() -> None:
+    """Runs in the forked child before exec: if imagefactory is killed (even with SIGKILL),
+    the kernel sends buildah SIGTERM, so no orphaned buildah keeps a container busy."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - non-Linux
+        pass
 
 
 def _scratch_dir() -> str:

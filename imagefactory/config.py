@@ -59,12 +59,15 @@ class Settings:
     sbom_dir: str | None = None
     # free-form values for recipes, e.g. {"s4.context": "/src/app"}
     values: dict[str, str] = field(default_factory=dict)
+    # build-time secrets by id: "env:VAR", "file:PATH" or a path (see steps.Secret)
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
     # where each setting came from, for `doctor` and error messages
     origin: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def storage(self) -> StorageOptions:
-        return StorageOptions(self.root, self.runroot, self.storage_driver, self.isolation)
+        tmp = Path(self.state_dir) / self.storage_key() / "tmp"
+        return StorageOptions(self.root, self.runroot, self.storage_driver, self.isolation, str(tmp))
 
     def value(self, key: str, default: str | None = None) -> str | None:
         return self.values.get(key, default)
@@ -88,22 +91,34 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
     default = _FIELDS[name].default
     kind = _FIELDS[name].type
     try:
-        if name == "values":
+        if name in _DICTS:
             if isinstance(raw, dict):
                 return {str(k): str(v) for k, v in raw.items()}
+            if not isinstance(raw, str):
+                raise TypeError(f"expected a mapping, got {type(raw).__name__}")
             return dict(_split_pair(p) for p in _split_list(raw))
         if "list" in str(kind):
+            if isinstance(raw, (dict, int, float, bool)):
+                raise TypeError(f"expected a list, got {type(raw).__name__}")
             return _split_list(raw) if isinstance(raw, str) else [str(x) for x in raw]
         if "bool" in str(kind):
             if isinstance(raw, bool):
                 return raw
-            return str(raw).strip().lower() in ("1", "true", "yes", "on")
+            text = str(raw).strip().lower()
+            if text not in _TRUE + _FALSE:
+                raise ValueError(f"not a yes/no value (use one of {', '.join(_TRUE + _FALSE)})")
+            return text in _TRUE
         if "int" in str(kind):
             return None if raw in (None, "") else int(raw)
         return None if raw is None else str(raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: setting {name!r} has a bad value {raw!r} ({exc}); "
                           f"expected {kind} like {default!r}") from None
+
+
+_DICTS = ("values", "secrets")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 
 def _split_list(raw: str) -> list[str]:
@@ -139,10 +154,9 @@ def load(config_file: str | None = None, env: dict[str, str] | None = None,
     settings = Settings()
     path = find_config_file(config_file)
     if path:
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of settings at the top level")
-        _apply(settings, {k.replace("-", "_"): v for k, v in data.items()}, f"config file {path}")
+        data, lines = _read_config_file(path)
+        _apply(settings, {str(k).replace("-", "_"): v for k, v in data.items()}, f"config file {path}",
+               {str(k).replace("-", "_"): n for k, n in lines.items()})
         _anchor_paths(settings, path.resolve().parent)
     from_env = {}
     for name in _FIELDS:
@@ -158,6 +172,24 @@ def load(config_file: str | None = None, env: dict[str, str] | None = None,
 
 
 CHOICES = {"isolation": ("chroot", "oci", "rootless"), "platform": ("debian", "ubi9")}
+
+
+def _read_config_file(path: Path) -> tuple[dict, dict[str, int]]:
+    """The mapping in a config file plus the line each top-level key is on (for error messages)."""
+    text = path.read_text()
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} line 1: expected a mapping of settings at the top level")
+    lines = {}
+    if isinstance(node, yaml.MappingNode):
+        lines = {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+    return data, lines
 
 
 def _validate(settings: Settings) -> None:
@@ -185,17 +217,26 @@ def _anchor_paths(settings: Settings, folder: Path) -> None:
             else:
                 anchored.append(str((folder / entry).resolve()))
         setattr(settings, name, anchored)
+    for sid, spec in list(settings.secrets.items()):
+        kind, _, rest = spec.partition(":") if spec.startswith(("file:", "env:")) else ("file", "", spec)
+        if kind == "file" and not Path(rest).is_absolute():
+            settings.secrets[sid] = "file:" + str((folder / rest).resolve())
 
 
-def _apply(settings: Settings, data: dict[str, Any], source: str) -> None:
+def _apply(settings: Settings, data: dict[str, Any], source: str, lines: dict[str, int] | None = None) -> None:
+    import difflib
+
     for name, raw in data.items():
+        where = f"{source} line {lines[name]}" if lines and name in lines else source
         if name not in _FIELDS:
+            close = difflib.get_close_matches(name, list(_FIELDS), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
             known = ", ".join(sorted(_FIELDS))
-            raise ConfigError(f"{source}: unknown setting {name!r}; known settings: {known}")
-        value = _coerce(name, raw, source)
-        if name == "values":
-            merged = dict(settings.values)
+            raise ConfigError(f"{where}: unknown setting {name!r}; {hint}known settings: {known}")
+        value = _coerce(name, raw, where)
+        if name in _DICTS:
+            merged = dict(getattr(settings, name))
             merged.update(value)
             value = merged
         setattr(settings, name, value)
-        settings.origin[name] = source
+        settings.origin[name] = where

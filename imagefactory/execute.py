@@ -21,9 +21,11 @@ from pathlib import Path
 import sh
 
 from .buildah import Buildah, BuildahError, Cancelled, Container, ImageRecord, Mount, tail_of
+from . import preflight
 from .config import Settings
 from .plan import (FileDigests, Node, Plan, cache_ref, final_commits, git_facts, group_steps, image_format_of,
                    render_steps, step_key)
+from .secrets import Secrets
 from .steps import ConfigCall, CopyCall, HostCall, Rendered, RunCall, Step
 
 HOST_CA_TARGET = "/run/imagefactory/host-ca.crt"
@@ -101,6 +103,7 @@ class NullReporter:
     def step(self, node: Node, record: StepRecord, total: int, running: bool) -> None: ...
     def image_done(self, result: ImageResult) -> None: ...
     def failed(self, error: BuildFailed) -> None: ...
+    def note(self, message: str) -> None: ...
     def finish(self, report: BuildReport) -> None: ...
 
 
@@ -118,11 +121,14 @@ class Executor:
         self._lock = threading.Lock()
         self._revision: str | None = None
         self._source: str | None = None
+        self._reaped = False
+        self.secrets = Secrets(settings.secrets)
 
     # -- public ---------------------------------------------------------------
     def execute(self, plan: Plan) -> BuildReport:
         started = time.monotonic()
-        with _store_lock(self.settings), _sigterm_as_interrupt():
+        preflight.check(plan, self.digests, self.secrets)
+        with _store_lock(self.settings, plan, self.reporter), _sigterm_as_interrupt():
             self._load_index()
             self._revision, self._source = git_facts(plan)
             self.reporter.start(plan)
@@ -224,8 +230,7 @@ class Executor:
                     result.steps.append(rec)
                     result.misses += 1
                     self.reporter.step(node, rec, total, running=False)
-                new_id = self._commit(ctr, node, index, None, squash=False, image_format=image_format)
-            self._tag_cache(new_id, key)
+                new_id = self._commit(ctr, node, index, key, squash=False, image_format=image_format)
             result.steps[-1].seconds = time.monotonic() - t0 if len(group) == 1 else result.steps[-1].seconds
             current = chain = new_id
         # finish: trailing config + labels (see plan.final_commits for why there may be two commits)
@@ -245,9 +250,8 @@ class Executor:
                     for call in fc.calls:
                         self._call(node, index, "config", call, ctr, None)
                     ctr.config(fc.label_args)
-                    new_id = self._commit(ctr, node, index, None, squash=fc.squash, image_format=image_format,
+                    new_id = self._commit(ctr, node, index, key, squash=fc.squash, image_format=image_format,
                                           final=True)
-                self._tag_cache(new_id, key)
                 rec.seconds = time.monotonic() - s0
                 result.misses += 1
             result.steps.append(rec)
@@ -281,8 +285,10 @@ class Executor:
                 if self._host_ca():
                     mounts.append(Mount(target=HOST_CA_TARGET, source=self._host_ca()))
                     env.update({k: HOST_CA_TARGET for k in HOST_CA_ENV})
-                ctr.run(list(call.argv), env=env, user=call.user, workdir=call.workdir, mounts=mounts,
-                        network=call.network, log=log)
+                with self.secrets.mounts(call.secrets) as secret_mounts:
+                    ctr.run(list(call.argv), env=env, user=call.user, workdir=call.workdir,
+                            mounts=mounts + secret_mounts, network=call.network, log=log,
+                            redactions=self.secrets.redactions())
             elif isinstance(call, CopyCall):
                 ctr.copy(list(call.sources), call.dest, chown=call.chown, chmod=call.chmod,
                          from_image=call.from_image, log=log)
@@ -308,17 +314,39 @@ class Executor:
 
     @contextmanager
     def _container(self, image: str | None, node: Node):
+        self._remove_leftovers_once()
         with self.buildah.working_container(image, name_hint=node.name) as ctr:
             yield ctr
 
-    def _commit(self, ctr: Container, node: Node, index: int, name: str | None, *, squash: bool,
+    def _remove_leftovers_once(self) -> None:
+        """Before this run starts its first container: remove what killed runs left behind.
+
+        Deferred to the first cache miss so a no-op rebuild stays at one buildah call.
+        Leftovers are never reused: cache entries are tags, set only after a complete commit.
+        """
+        with self._lock:
+            if self._reaped:
+                return
+            self._reaped = True
+            containers, temps = self.buildah.remove_leftovers(self._records.values())
+        if containers or temps:
+            self.reporter.note(f"removed {len(containers)} working container(s) and {len(temps)} unfinished "
+                               "commit(s) left by an interrupted build")
+
+    def _commit(self, ctr: Container, node: Node, index: int, key: str, *, squash: bool,
                 image_format: str, final: bool = False) -> str:
+        """Commit to a temporary name, then tag the cache entry: a cache tag never names half an image."""
         sde = self.settings.source_date_epoch
         timestamp = sde if sde is not None else (None if final else 0)
         try:
-            return ctr.commit(name, squash=squash, timestamp=timestamp, image_format=image_format)
+            new_id = self.buildah.commit_then_tag(ctr.name, [cache_ref(key)], squash=squash, timestamp=timestamp,
+                                                  image_format=image_format)
         except BuildahError as exc:
-            raise BuildFailed(node.name, index, "commit", " ".join(exc.command), exc.stderr_tail, None) from None
+            raise BuildFailed(node.name, index, "commit", " ".join(exc.command), exc.stderr_tail,
+                              exc.log_path) from None
+        with self._lock:
+            self._index[cache_ref(key)] = new_id
+        return new_id
 
     # -- cache index ------------------------------------------------------------
     def _load_index(self) -> None:
@@ -331,11 +359,6 @@ class Executor:
     def _lookup(self, key: str) -> str | None:
         with self._lock:
             return self._index.get(cache_ref(key))
-
-    def _tag_cache(self, image_id: str, key: str) -> None:
-        self.buildah.tag(image_id, cache_ref(key))
-        with self._lock:
-            self._index[cache_ref(key)] = image_id
 
     def _parent_image_id(self, node: Node) -> str | None:
         parent = node.parent
@@ -387,19 +410,46 @@ def _group_key(chain: str, group: list[tuple[Step, Rendered]]) -> str:
 
 
 @contextmanager
-def _store_lock(settings: Settings):
-    """One build per storage root at a time; a second waits instead of racing on cache tags."""
+def store_lock(settings: Settings, purpose: str, reporter: NullReporter | None = None, poll: float = 0.5):
+    """One writer per storage root: builds, `clean` and `cache prune` take turns.
+
+    The holder writes who it is into the lock file, so a waiting run can say what it
+    waits for. The kernel drops the lock when its holder dies, even with SIGKILL.
+    """
     path = settings.state_path() / "build.lock"
-    with open(path, "w") as f:
+    with open(path, "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"waiting for another imagefactory build on this store ({path})", flush=True)
-            fcntl.flock(f, fcntl.LOCK_EX)
+            f.seek(0)
+            holder = f.read().strip() or "another imagefactory process"
+            message = (f"waiting for the store lock {path}: held by {holder}; "
+                       "this run continues when that one ends")
+            (reporter.note if reporter else lambda m: print(m, flush=True))(message)
+            t0 = time.monotonic()
+            while True:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    time.sleep(poll)
+            if reporter:
+                reporter.note(f"got the store lock after {time.monotonic() - t0:.1f}s")
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} ({purpose}, since {time.strftime('%H:%M:%S')})\n")
+        f.flush()
         try:
             yield
         finally:
+            f.seek(0)
+            f.truncate()
+            f.flush()
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _store_lock(settings: Settings, plan: Plan, reporter: NullReporter):
+    return store_lock(settings, "build " + " ".join(n.name for n in plan.nodes), reporter)
 
 
 @contextmanager
@@ -419,4 +469,5 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-__all__ = ["BuildFailed", "BuildReport", "Cancelled", "Executor", "ImageResult", "NullReporter", "StepRecord"]
+__all__ = ["BuildFailed", "BuildReport", "Cancelled", "Executor", "ImageResult", "NullReporter", "StepRecord",
+           "store_lock"]

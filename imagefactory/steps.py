@@ -27,6 +27,33 @@ class StepError(ValueError):
     """A step is malformed or names an input that does not exist."""
 
 
+SECRETS_DIR = "/run/secrets"
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A build-time secret one RUN step may read, never stored in the image.
+
+    The value is bind-mounted read-only at ``/run/secrets/<id>`` for that step only (a
+    mount is not part of the committed layer); with ``env`` the step also sees it as that
+    environment variable, read from the mounted file inside the container so the value
+    never appears on a command line. Where the value comes from is the user's choice
+    (``--secret id=ID,src=FILE`` or ``env=VAR``, ``secrets:`` in the config file, or
+    ``IMAGEFACTORY_SECRET_<ID>``); the cache key holds the id, never the value.
+    """
+
+    id: str
+    env: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.id or not all(c.isalnum() or c in "-_." for c in self.id):
+            raise StepError(f"secret id {self.id!r} must be letters, digits, '-', '_' or '.'")
+
+    @property
+    def target(self) -> str:
+        return f"{SECRETS_DIR}/{self.id}"
+
+
 # --- calls: the unit the executor runs and the plan prints -------------------
 @dataclass(frozen=True)
 class RunCall:
@@ -36,11 +63,16 @@ class RunCall:
     workdir: str | None = None
     mounts: tuple[Mount, ...] = ()
     network: str | None = None
+    secrets: tuple[Secret, ...] = ()
 
     def key_text(self) -> str:
         # bind-mount *sources* are host paths: their content is keyed by the step's inputs instead.
+        # Secrets are keyed by id only: their values must never reach a cache key, label or log.
         mounts = [(m.type, m.target, m.readonly) for m in self.mounts]
-        return json.dumps(["run", self.argv, self.env, self.user, self.workdir, mounts, self.network])
+        text = ["run", self.argv, self.env, self.user, self.workdir, mounts, self.network]
+        if self.secrets:
+            text.append([(s.id, s.env) for s in self.secrets])
+        return json.dumps(text)
 
 
 @dataclass(frozen=True)
@@ -130,11 +162,17 @@ class Run(Step):
     network: str | None = None
     inputs: tuple[str, ...] = ()
     title: str | None = None
+    secrets: tuple[Secret | str, ...] = ()
     kind: ClassVar[str] = "run"
 
     def render(self, ctx: RenderContext) -> Rendered:
-        call = RunCall(("/bin/sh", "-ec", self.script.strip()), _env_tuple(self.env), self.user, self.workdir,
-                       tuple(self.mounts), self.network)
+        secrets = tuple(s if isinstance(s, Secret) else Secret(str(s)) for s in self.secrets)
+        script = self.script.strip()
+        exports = [f'{s.env}="$(cat {s.target})"; export {s.env}' for s in secrets if s.env]
+        if exports:
+            script = "\n".join([*exports, script])
+        call = RunCall(("/bin/sh", "-ec", script), _env_tuple(self.env), self.user, self.workdir,
+                       tuple(self.mounts), self.network, secrets)
         first = self.script.strip().splitlines()[0] if self.script.strip() else ""
         return Rendered(self.kind, self.title or first[:90], [call], list(self.inputs))
 

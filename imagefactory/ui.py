@@ -88,6 +88,9 @@ class RichReporter(NullReporter):
         self._stop_live()
         print_failure(self.console, error)
 
+    def note(self, message: str) -> None:
+        self.console.print(f"[yellow]note:[/] {message}", highlight=False)
+
     def _stop_live(self) -> None:
         if self._live:
             self._live.stop()

@@ -9,10 +9,10 @@ import shutil
 import time
 from pathlib import Path
 
-from ..buildah import CONTAINER_PREFIX, BuildahError, Mount
+from ..buildah import BuildahError, Mount
 from ..cli import EXIT_FAIL, EXIT_OK, buildah_for, command, console, err_console, print_table
 from ..config import Settings
-from ..execute import BuildFailed, Executor
+from ..execute import BuildFailed, Executor, store_lock
 from ..plan import (CACHE_REPO, FileDigests, build_plan, cache_ref, final_commits, git_facts, group_steps,
                     image_format_of, render_steps, step_key)
 from ..platforms import host_debian_mirror
@@ -167,10 +167,15 @@ def _build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="run every step; refresh the cache entries")
     p.add_argument("--check-reproducible", action="store_true",
                    help="build twice, cold, in two temporary stores and report which steps differ")
+    p.add_argument("--secret", action="append", default=[], metavar="id=ID,src=FILE|env=VAR",
+                   help="a build-time secret for steps that name it (never stored in the image or logs)")
 
 
 @command("build", "build targets (and their parents) step by step with the cache", _build_args)
 def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
+    from ..secrets import parse_cli_secret
+
+    settings.secrets.update(dict(parse_cli_secret(text) for text in args.secret))
     if args.check_reproducible:
         from ..reproduce import check_reproducible
         from .supply import print_reproduce_report
@@ -245,26 +250,26 @@ def _clean_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true")
 
 
-@command("clean", "remove leftover working containers and dangling images", _clean_args)
+@command("clean", "remove working containers and unfinished commits of dead runs, and dangling images",
+         _clean_args)
 def cmd_clean(args: argparse.Namespace, settings: Settings) -> int:
     bd = buildah_for(settings)
-    removed = []
-    for ctr in bd.containers():
-        name = ctr.get("containername") or ctr.get("ContainerName") or ""
-        if name.startswith(CONTAINER_PREFIX):
-            removed.append(name)
-            if not args.dry_run:
-                bd.remove_container(name)
-    dangling = [r.id for r in bd.images() if not r.names]
-    if dangling and not args.dry_run:
-        for iid in dangling:
-            try:
-                bd.rmi(iid)
-            except BuildahError:
-                pass  # still used by a child image
-    console.print(f"{len(removed)} working container(s), {len(dangling)} dangling image(s) "
-                  f"{'would be ' if args.dry_run else ''}removed")
-    args._report_data = {"containers": removed, "dangling_images": dangling}
+    with store_lock(settings, "clean"):
+        if args.dry_run:
+            removed, temps = bd.leftovers()
+        else:
+            removed, temps = bd.remove_leftovers()
+        dangling = [r.id for r in bd.images() if not r.names]
+        if dangling and not args.dry_run:
+            for iid in dangling:
+                try:
+                    bd.rmi(iid)
+                except BuildahError:
+                    pass  # still used by a child image
+    console.print(f"{len(removed)} working container(s), {len(temps)} unfinished commit(s), "
+                  f"{len(dangling)} dangling image(s) {'would be ' if args.dry_run else ''}removed "
+                  "(containers of running builds are kept)")
+    args._report_data = {"containers": removed, "unfinished_commits": temps, "dangling_images": dangling}
     return EXIT_OK
 
 
@@ -289,6 +294,14 @@ def cmd_cache(args: argparse.Namespace, settings: Settings) -> int:
         for img in describe_plan(targets, settings):
             keep.update(cache_ref(s["key"]) for s in img["steps"] if s["key"] and s["status"] == "hit")
     doomed = sorted(n for n in entries if n not in keep)
+    with store_lock(settings, "cache prune"):
+        _untag_and_drop(bd, doomed)
+    console.print(f"pruned {len(doomed)} of {len(entries)} cache entries")
+    args._report_data = {"pruned": len(doomed), "kept": len(entries) - len(doomed)}
+    return EXIT_OK
+
+
+def _untag_and_drop(bd, doomed: list[str]) -> None:
     for name in doomed:
         try:
             bd.untag(name)
@@ -300,9 +313,6 @@ def cmd_cache(args: argparse.Namespace, settings: Settings) -> int:
                 bd.rmi(r.id)
             except BuildahError:
                 pass
-    console.print(f"pruned {len(doomed)} of {len(entries)} cache entries")
-    args._report_data = {"pruned": len(doomed), "kept": len(entries) - len(doomed)}
-    return EXIT_OK
 
 
 def _doctor_args(p: argparse.ArgumentParser) -> None:
