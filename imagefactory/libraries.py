@@ -149,6 +149,8 @@ class BuildLibrary(Step):
         except SourceError as exc:  # reported like a missing Copy() input: names the recipe, no traceback
             raise PlanError(f"recipe {ctx.recipe.name!r}: {exc}") from None
         patches = [(p, ctx.digests.file(p)) for p in self.spec.patches()]
+        if patches:
+            check_patches_apply(ctx, self.spec, archive, patches)
         profile = self.spec.profile_for(self.profile)
         script = build_script(self.spec, archive, [(p.name, sha) for p, sha in patches], profile)
         mounts = [Mount(target=SRC_MOUNT, source=str(archive.folder), type="bind", readonly=True)]
@@ -183,6 +185,45 @@ def manifest_entry(spec: LibrarySpec, archive: FetchedArchive, patches: list[tup
         "options": list(spec.options),
         "build": spec.kind,
     }
+
+
+def check_patches_apply(ctx, spec: LibrarySpec, archive: FetchedArchive, patches: list[tuple[Path, str]]) -> None:
+    """Apply the patches to a scratch copy of the tree on the host, once per (archive, patches).
+
+    A patch that no longer applies (a rebased upstream, a hand-edited hunk) is reported
+    before any container starts, naming the patch file and the failing hunk, instead of
+    failing minutes into a build. Success is remembered in the state folder, so a no-op
+    rebuild does not extract archives again.
+    """
+    import hashlib
+    import subprocess
+    import tarfile
+    import tempfile
+
+    from .plan import PlanError
+
+    memo_key = hashlib.sha256("\n".join([archive.sha256, *(sha for _, sha in patches)]).encode()).hexdigest()
+    memo = Path(ctx.settings.state_dir) / "patch-checks" / memo_key
+    if memo.is_file():
+        return
+    with tempfile.TemporaryDirectory(prefix=f"imagefactory-patchcheck-{spec.name}-") as tmp:
+        with tarfile.open(archive.path) as tar:
+            tar.extractall(tmp, filter="data")
+        tree = Path(tmp) / archive.tree_root.strip("/")
+        for patch, _sha in patches:
+            proc = subprocess.run(["patch", "-p1", "--forward", "--batch", "-i", str(patch)], cwd=tree,
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                output = (proc.stdout + proc.stderr).strip().splitlines()
+                failed = [line for line in output if "FAILED" in line or "can't find file" in line
+                          or "malformed" in line.lower() or "Reversed" in line or "Only garbage" in line]
+                current = next((line for line in output if line.startswith("patching file")), "")
+                detail = "; ".join(dict.fromkeys([current, *failed] if failed else output[-3:]))
+                raise PlanError(f"recipe {ctx.recipe.name!r}: patch {patch} does not apply to "
+                                f"{spec.name} {spec.version} ({archive.filename}): {detail}. "
+                                f"Regenerate it against the {archive.tree_root} tree (see patches/README.md)")
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    memo.write_text(f"{spec.name} {spec.version} {archive.filename}\n")
 
 
 def build_script(spec: LibrarySpec, archive: FetchedArchive, patches: list[tuple[str, str]],

@@ -225,4 +225,16 @@ def _import_file(path: Path) -> None:
     sys.modules[module_name] = module
     if str(path.parent) not in sys.path:
         sys.path.insert(0, str(path.parent))
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except RecipeError:
+        sys.modules.pop(module_name, None)
+        raise
+    except Exception as exc:  # a user's file: say which file and line, not a traceback
+        sys.modules.pop(module_name, None)
+        import traceback
+
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename) == path.resolve()
+                  or Path(f.filename) == path]
+        line = f" line {frames[-1].lineno}" if frames else ""
+        raise RecipeError(f"recipe file {path}{line}: {type(exc).__name__}: {exc}") from None

@@ -89,6 +89,9 @@ class SourcePin:
     homepage: str | None = None
 
     def __post_init__(self) -> None:
+        if not self.sha256:
+            raise ValueError(f"source pin {self.library} {self.version} has no sha256: every archive must be "
+                             f"pinned by its digest; add sha256=\"$(sha256sum {self.filename or 'ARCHIVE'})\"")
         for sha in (self.sha256, *(a.sha256 for a in self.alternates)):
             if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
                 raise ValueError(f"{self.library} {self.version}: {sha!r} is not a lowercase sha256 hex digest")

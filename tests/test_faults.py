@@ -219,3 +219,214 @@ def test_sigkill_of_the_whole_job_during_a_commit_then_rebuild(tiny_store, tmp_p
     # and the store is consistent: the no-op rebuild hits every step
     again, _ = build_report(tiny_store, recipe, "fault-big", tmp_path=tmp_path)
     assert all(s["status"].endswith("hit") for s in again["images"][0]["steps"])
+
+
+# --- concurrent builds --------------------------------------------------------------------------
+SHARED_PARENT = """
+class Shared(Recipe):
+    '''parent of both concurrent targets'''
+    name = "fault-shared"
+    parent = BASE
+    def steps(self):
+        yield Run("echo SHARED-STARTED; while [ ! -e /gate/go ]; do sleep 0.1; done; date +%s%N > /shared",
+                  mounts=(Mount(target="/gate", source=GATE),))
+
+class A(Shared):
+    '''first target'''
+    name = "fault-a"
+    def steps(self):
+        yield Run("echo a > /a")
+
+class B(Shared):
+    '''second target'''
+    name = "fault-b"
+    def steps(self):
+        yield Run("echo b > /b")
+"""
+
+
+def test_two_builds_of_overlapping_targets_on_one_store(tiny_store, tmp_path):
+    recipe = write_recipe(tmp_path, SHARED_PARENT)
+    env = tiny_store.env(IMAGEFACTORY_RECIPE_PATHS=str(recipe))
+    runs = []
+    for target in ("fault-a", "fault-b"):
+        report = tmp_path / f"{target}.json"
+        err = open(tmp_path / f"{target}.err", "w")
+        proc = subprocess.Popen([sys.executable, "-m", "imagefactory", "build", target, "--report", str(report),
+                                 *tiny_store.args()], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        runs.append((proc, report, tmp_path / f"{target}.err", err))
+        if target == "fault-a":
+            wait_for_log_text(tiny_store, "SHARED-STARTED", proc)
+    first, second = runs
+    deadline = time.time() + 30
+    while "waiting for the store lock" not in second[2].read_text() and time.time() < deadline:
+        time.sleep(0.1)
+    waiting = second[2].read_text()
+    assert "waiting for the store lock" in waiting and f"pid {first[0].pid}" in waiting, waiting
+    assert "fault-a" in waiting  # says what it waits for
+    open_gate(tmp_path)
+    for proc, _, _, err in runs:
+        assert proc.wait(timeout=120) == 0
+        err.close()
+    a, b = (json.loads(r.read_text()) for _, r, _, _ in runs)
+    assert a["ok"] and b["ok"]
+    shared_a = next(i for i in a["images"] if i["name"] == "fault-shared")
+    shared_b = next(i for i in b["images"] if i["name"] == "fault-shared")
+    assert shared_a["status"] == "built" and shared_b["status"] == "cached"  # built once, reused, not raced
+    assert shared_a["image_id"] == shared_b["image_id"]
+    assert tiny_store.containers() == []
+    names = image_names(tiny_store)
+    assert "localhost/fault-a:latest" in names and "localhost/fault-b:latest" in names
+
+
+# --- bad input: a clear error before any container starts ---------------------------------------
+def _fails_before_any_container(store, recipe: Path | None, *argv: str, config: Path | None = None,
+                                env: dict | None = None) -> str:
+    extra = dict(env or {})
+    if recipe is not None:
+        extra["IMAGEFACTORY_RECIPE_PATHS"] = str(recipe)
+    cmd = [*argv, *(["--config", str(config)] if config else [])]
+    images_before = set(image_names(store))
+    proc = store.cli(*cmd, check=False, env=store.env(**extra))
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr
+    assert store.containers() == []
+    assert set(image_names(store)) == images_before, "something was committed before the error"
+    return " ".join(proc.stderr.split())  # rich wraps long lines
+
+
+def test_bad_input_unknown_target(tiny_store, tmp_path):
+    recipe = write_recipe(tmp_path, SLOW_STEP)
+    err = _fails_before_any_container(tiny_store, recipe, "build", "fault-slwo")
+    assert "unknown target 'fault-slwo'" in err and "fault-slow" in err
+
+
+def test_bad_input_recipe_cycle(tiny_store, tmp_path):
+    recipe = write_recipe(tmp_path, """
+        from imagefactory import CopyFrom
+        class X(Recipe):
+            '''x'''
+            name = "fault-x"
+            parent = BASE
+            def steps(self):
+                yield CopyFrom("y", "/y", "/y")
+        class Y(Recipe):
+            '''y'''
+            name = "fault-y"
+            parent = BASE
+            def steps(self):
+                yield CopyFrom(X, "/x", "/x")
+        X.stages = {"y": Y}
+    """)
+    err = _fails_before_any_container(tiny_store, recipe, "build", "fault-x")
+    assert "recipe cycle" in err and "fault-x" in err and "fault-y" in err
+
+
+def test_bad_input_missing_parent(tiny_store, tmp_path):
+    recipe = write_recipe(tmp_path, """
+        class Abstract(Recipe):
+            '''has no name, so it is not an image'''
+        class Orphan(Abstract):
+            '''its parent is not a buildable recipe'''
+            name = "fault-orphan"
+            parent = Abstract
+    """)
+    err = _fails_before_any_container(tiny_store, recipe, "build", "fault-orphan")
+    assert "fault-orphan" in err and "parent" in err
+
+
+def test_bad_input_copy_source_missing_in_a_later_image(tiny_store, tmp_path):
+    """The parent would build fine; the child's missing file must stop the build before the parent starts."""
+    recipe = write_recipe(tmp_path, """
+        class Fine(Recipe):
+            '''builds'''
+            name = "fault-fine"
+            parent = BASE
+            def steps(self):
+                yield Run("echo fine > /fine")
+        class Broken(Fine):
+            '''copies a file that is not there'''
+            name = "fault-broken"
+            def steps(self):
+                yield Copy("no-such-file.conf", "/etc/x.conf")
+    """)
+    err = _fails_before_any_container(tiny_store, recipe, "build", "fault-broken")
+    assert "fault-broken" in err and "no-such-file.conf" in err and "not found" in err
+
+
+def test_bad_input_source_pin_without_hash(tiny_store, tmp_path):
+    recipe = write_recipe(tmp_path, """
+        from imagefactory.sources import SourcePin
+        PIN = SourcePin(library="zlib", version="1.3", license="Zlib", url="https://zlib.example/zlib-1.3.tar.gz",
+                        sha256="", filename="zlib-1.3.tar.gz", tree_root="zlib-1.3/", purl="pkg:generic/zlib@1.3")
+    """)
+    err = _fails_before_any_container(tiny_store, recipe, "build", "fault-anything")
+    line = recipe.read_text().splitlines().index(next(x for x in recipe.read_text().splitlines() if "PIN =" in x)) + 1
+    assert f"{recipe} line {line}" in err
+    assert "zlib 1.3 has no sha256" in err and "sha256sum" in err
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("jobs: 2\nisolaton: chroot\n", ["line 2", "unknown setting 'isolaton'", "did you mean 'isolation'"]),
+    ("# comment\njobs: many\n", ["line 2", "'jobs'", "many"]),
+    ("jobs: 1\n\nisolation: vm\n", ["line 3", "'isolation'", "chroot"]),
+    ("trust_host_ca: maybe\n", ["line 1", "trust_host_ca", "yes/no"]),
+    ("source_mirrors: {a: 1}\n", ["line 1", "source_mirrors", "expected a list"]),
+    ("jobs: [1\n", ["not valid YAML", "line 2"]),
+])
+def test_bad_input_config_key_or_value_names_file_and_line(tiny_store, tmp_path, text, expected):
+    config = tmp_path / "imagefactory.yaml"
+    config.write_text(text)
+    err = _fails_before_any_container(tiny_store, None, "build", "anything", config=config)
+    assert str(config) in err
+    for piece in expected:
+        assert piece in err, (piece, err)
+
+
+def test_bad_input_patch_that_does_not_apply_names_patch_and_hunk(tiny_store, tmp_path):
+    patches = tmp_path / "patches" / "cjson" / "1.7.19"
+    patches.mkdir(parents=True)
+    (patches / "0001-good.patch").write_bytes((REPO / "patches" / "cjson" / "1.7.19" /
+                                              "0001-cmake-policy-range.patch").read_bytes())
+    (patches / "0002-stale.patch").write_text(textwrap.dedent("""\
+        --- a/cJSON.h
+        +++ b/cJSON.h
+        @@ -1,3 +1,3 @@
+        -this line is not in cJSON.h
+        +neither is this one
+         nor this
+    """))
+    recipe = write_recipe(tmp_path, f"""
+        import dataclasses
+        from pathlib import Path
+        from imagefactory.libraries import BuildLibrary
+        from imagefactory.toolchain import RELEASE
+        from recipes.libs import CJSON
+        SPEC = dataclasses.replace(CJSON, patch_root=Path("{tmp_path / 'patches'}"))
+        class Patched(Recipe):
+            '''cJSON with a stale patch'''
+            name = "fault-patched"
+            parent = BASE
+            def steps(self):
+                yield BuildLibrary(SPEC, RELEASE)
+    """)
+    err = _fails_before_any_container(tiny_store, recipe, "build", "fault-patched")
+    assert "0002-stale.patch does not apply" in err and "fault-patched" in err
+    assert "Hunk #1 FAILED" in err and "cJSON.h" in err
+    assert "0001-good.patch" not in err
+
+
+def test_bad_input_missing_secret_names_step_and_how_to_pass_it(tiny_store, tmp_path):
+    recipe = write_recipe(tmp_path, """
+        class Needs(Recipe):
+            '''needs a token'''
+            name = "fault-needs-secret"
+            parent = BASE
+            def steps(self):
+                yield Run("echo first > /first")
+                yield Run("test -s /run/secrets/api_token", secrets=("api_token",))
+    """)
+    env = {k: v for k, v in tiny_store.env().items() if not k.startswith("IMAGEFACTORY_SECRET_")}
+    err = _fails_before_any_container(tiny_store, recipe, "build", "fault-needs-secret", env=env)
+    assert "fault-needs-secret" in err and "step 2" in err and "'api_token'" in err
+    assert "--secret id=api_token" in err and "IMAGEFACTORY_SECRET_API_TOKEN" in err
