@@ -140,9 +140,9 @@ class Buildah:
             logf = open(log, "ab", buffering=0)
             logf.write(("$ " + " ".join(argv) + "\n").encode())
             if redactions:  # scrub secret values before a byte reaches the log file
-                def scrub(chunk, out=logf):
+                def scrub(chunk):  # one argument: sh passes only the chunk
                     text = chunk if isinstance(chunk, str) else chunk.decode("utf-8", "replace")
-                    out.write(_redact(text, redactions).encode())
+                    logf.write(_redact(text, redactions).encode())
 
                 kwargs.update(_out=scrub, _err_to_out=True)
             else:

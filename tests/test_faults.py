@@ -430,3 +430,93 @@ def test_bad_input_missing_secret_names_step_and_how_to_pass_it(tiny_store, tmp_
     err = _fails_before_any_container(tiny_store, recipe, "build", "fault-needs-secret", env=env)
     assert "fault-needs-secret" in err and "step 2" in err and "'api_token'" in err
     assert "--secret id=api_token" in err and "IMAGEFACTORY_SECRET_API_TOKEN" in err
+
+
+# --- secrets ------------------------------------------------------------------------------------
+SECRET_RECIPE = """
+class WithSecrets(Recipe):
+    '''uses a file secret and an env secret, and carelessly prints both'''
+    name = "fault-secret"
+    parent = BASE
+    def steps(self):
+        yield Run("busybox sha256sum /run/secrets/api_token > /token.sha; echo token is $(cat /run/secrets/api_token)",
+                  secrets=("api_token",))
+        yield Run("echo password is $REGISTRY_PASSWORD; echo ${#REGISTRY_PASSWORD} > /password.len",
+                  secrets=(Secret("registry_password", env="REGISTRY_PASSWORD"),))
+        yield Config(cmd=["cat", "/token.sha"])
+
+class Careless(Recipe):
+    '''fails after printing the secret: the failure report must not show it'''
+    name = "fault-secret-fail"
+    parent = BASE
+    def steps(self):
+        yield Run("echo leaking $REGISTRY_PASSWORD; false",
+                  secrets=(Secret("registry_password", env="REGISTRY_PASSWORD"),))
+"""
+
+
+def _files_containing(folder: Path, needles: list[bytes]) -> list[str]:
+    import gzip
+    import zlib
+
+    hits = []
+    for path in folder.rglob("*"):
+        if not path.is_file() or path.is_symlink():
+            continue
+        data = path.read_bytes()
+        variants = [data]
+        if data[:2] == b"\x1f\x8b":
+            try:
+                variants.append(gzip.decompress(data))
+            except (OSError, EOFError, zlib.error):
+                pass
+        for needle in needles:
+            if any(needle in v for v in variants):
+                hits.append(f"{path}: {needle[:6]!r}...")
+    return hits
+
+
+def test_secrets_never_reach_layers_config_history_or_logs(tiny_store, tmp_path):
+    import hashlib
+
+    token = "tok-" + os.urandom(12).hex()
+    password = "pw-" + os.urandom(12).hex()
+    token_file = tmp_path / "token.txt"
+    token_file.write_text(token + "\n")
+    recipe = write_recipe(tmp_path, SECRET_RECIPE)
+    env = tiny_store.env(IMAGEFACTORY_RECIPE_PATHS=str(recipe), IMAGEFACTORY_SECRET_REGISTRY_PASSWORD=password)
+    report = tmp_path / "report.json"
+    ok = tiny_store.cli("build", "fault-secret", "--secret", f"id=api_token,src={token_file}", "--report",
+                        str(report), "--verbose", env=env)
+    failed = tiny_store.cli("build", "fault-secret-fail", check=False, env=env)
+    assert failed.returncode == 1 and "leaking [secret]" in failed.stderr, failed.stderr  # tail shown, scrubbed
+    plan = tiny_store.cli("plan", "fault-secret", env=env)
+
+    # the steps really saw the values
+    bd = ["buildah", *tiny_store.args()]
+    ctr = subprocess.run([*bd, "from", "fault-secret"], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        mnt = Path(subprocess.run([*bd, "mount", ctr], capture_output=True, text=True, check=True).stdout.strip())
+        assert (mnt / "token.sha").read_text().split()[0] == hashlib.sha256((token + "\n").encode()).hexdigest()
+        assert (mnt / "password.len").read_text().strip() == str(len(password))
+        leftovers = [p for p in (mnt / "run" / "secrets").rglob("*") if p.is_file() and p.stat().st_size]
+        assert leftovers == []
+    finally:
+        subprocess.run([*bd, "rm", ctr], capture_output=True)
+
+    # every layer (raw and decompressed), the config with its history, labels and env
+    export = tmp_path / "oci"
+    subprocess.run([*bd, "push", "--disable-compression", "fault-secret", f"oci:{export}"], check=True,
+                   capture_output=True)
+    needles = [token.encode(), password.encode()]
+    blobs = list((export / "blobs").rglob("*"))
+    assert len(blobs) >= 3  # index/manifest, config, layers: the search saw the image
+    assert _files_containing(export, needles) == []
+    # logs, state, reports, the source and secret caches: everything this store's runs wrote
+    assert _files_containing(tiny_store.home, needles) == []
+    for text in (ok.stdout, ok.stderr, failed.stdout, failed.stderr, plan.stdout, plan.stderr, report.read_text()):
+        assert token not in text and password not in text
+    logs = "".join(p.read_text() for p in tiny_store.home.rglob("*.log"))
+    assert "token is [secret]" in logs and "password is [secret]" in logs  # scrubbed, not silent
+    # no secret files are left in the memory-backed scratch folder
+    assert not list(Path("/dev/shm").glob("imagefactory-secrets-*"))
