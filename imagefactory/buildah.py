@@ -109,12 +109,40 @@ class _Counters:
     calls: list[list[str]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class NetworkRetry:
+    """Backoff for pulls and pushes. buildah's own retry loop (which gives up on HTTP 5xx)
+    is cut to one try, so this is the one policy in force."""
+
+    attempts: int = 4
+    initial: float = 2.0
+    maximum: float = 30.0
+
+    def buildah_args(self) -> list[str]:
+        return ["--retry", "1", "--retry-delay", "500ms"]
+
+
+_PERMANENT = re.compile(r"unauthori[sz]ed|authentication required|denied|manifest unknown|name unknown|"
+                        r"not found|404|x509|certificate|invalid reference", re.I)
+_TRANSIENT = re.compile(r"connection refused|connection reset|broken pipe|i/o timeout|timed? ?out|\bEOF\b|"
+                        r"status code from registry 5\d\d|\b50[0234]\b|\b429\b|too many requests|"
+                        r"temporary failure|network is unreachable|no such host|TLS handshake", re.I)
+
+
+def is_transient(error: BuildahError) -> bool:
+    """Worth another try: network errors, timeouts, HTTP 5xx/429. Never auth, 404 or TLS errors."""
+    text = error.stderr_tail
+    return not _PERMANENT.search(text) and bool(_TRANSIENT.search(text))
+
+
 class Buildah:
     """Typed calls to the buildah CLI, all honouring one :class:`StorageOptions`."""
 
-    def __init__(self, storage: StorageOptions | None = None, binary: str = "buildah"):
+    def __init__(self, storage: StorageOptions | None = None, binary: str = "buildah",
+                 retry: NetworkRetry | None = None):
         self.storage = storage or StorageOptions()
         self.binary = binary
+        self.retry = retry or NetworkRetry()
         self.counters = _Counters()
         self._running: dict[int, sh.RunningCommand] = {}
         self._lock = threading.Lock()
@@ -251,21 +279,45 @@ class Buildah:
         """Drop one name; the image stays if other names or children keep it."""
         self._call("rmi", name)
 
-    def pull(self, ref: str, log: Path | None = None) -> str:
-        self._call("pull", "--quiet", ref, log=log)
+    def pull(self, ref: str, log: Path | None = None, *, tls_verify: bool = True) -> str:
+        self._with_retries(f"pull {ref}", lambda: self._call(
+            "pull", "--quiet", *self.retry.buildah_args(), f"--tls-verify={'true' if tls_verify else 'false'}", ref,
+            log=log))
         return self.inspect(ref)["FromImageID"]
 
     def push(self, image: str, destination: str, *, tls_verify: bool = True, log: Path | None = None) -> str:
         """Push and return the manifest digest the registry now serves."""
         digest_file = self.scratch_dir() / f"digest-{uuid.uuid4().hex}"
         try:
-            self._call(
-                "push", f"--tls-verify={'true' if tls_verify else 'false'}",
+            self._with_retries(f"push {destination}", lambda: self._call(
+                "push", *self.retry.buildah_args(), f"--tls-verify={'true' if tls_verify else 'false'}",
                 "--digestfile", str(digest_file), image, destination, log=log,
-            )
+            ))
             return digest_file.read_text().strip()
         finally:
             digest_file.unlink(missing_ok=True)
+
+    def _with_retries(self, what: str, attempt) -> None:
+        """Retry transient registry failures with backoff; fail at once on the rest (see is_transient)."""
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+        tries = 0
+
+        def counted():
+            nonlocal tries
+            tries += 1
+            return attempt()
+
+        retrying = Retrying(stop=stop_after_attempt(max(1, self.retry.attempts)),
+                            wait=wait_exponential(multiplier=self.retry.initial, max=self.retry.maximum),
+                            retry=retry_if_exception(lambda e: isinstance(e, BuildahError) and is_transient(e)),
+                            reraise=True)
+        try:
+            retrying(counted)
+        except BuildahError as exc:
+            why = (f"gave up after {tries} attempts" if is_transient(exc)
+                   else "not retried: the registry refused the request (authentication, missing image or TLS)")
+            raise BuildahError(exc.command, exc.exit_code, f"{what}: {why}\n{exc.stderr_tail}", exc.log_path) from None
 
     # -- containers -----------------------------------------------------------
     def from_image(self, image: str, *, name_hint: str = "work") -> Container:

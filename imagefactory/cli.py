@@ -122,7 +122,9 @@ def _load_command_modules() -> None:
 
 # -- shared helpers for command modules ---------------------------------------
 def buildah_for(settings: Settings) -> Buildah:
-    return Buildah(settings.storage)
+    from .buildah import NetworkRetry
+
+    return Buildah(settings.storage, retry=NetworkRetry(settings.network_retries, settings.network_retry_delay))
 
 
 def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:

@@ -48,6 +48,9 @@ class Settings:
     source_mirrors: list[str] = field(default_factory=list)
     recipe_paths: list[str] = field(default_factory=list)
     trust_host_ca: bool = True
+    # network-touching work (source fetches, pulls, pushes): attempts and first backoff (seconds)
+    network_retries: int = 4
+    network_retry_delay: int = 2
     host_ca_bundle: str = "/etc/ssl/certs/ca-certificates.crt"
     # where we write
     state_dir: str = str(_cache_home() / "state")
@@ -198,6 +201,8 @@ def _validate(settings: Settings) -> None:
         if value not in allowed:
             raise ConfigError(f"{settings.origin.get(name, 'default')}: setting {name!r} is {value!r}; "
                               f"choose one of {', '.join(allowed)}")
+    if settings.network_retries < 1:
+        raise ConfigError(f"{settings.origin.get('network_retries')}: setting 'network_retries' must be at least 1")
     if settings.jobs < 1:
         raise ConfigError(f"{settings.origin.get('jobs')}: setting 'jobs' must be at least 1")
 

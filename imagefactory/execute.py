@@ -20,7 +20,7 @@ from pathlib import Path
 
 import sh
 
-from .buildah import Buildah, BuildahError, Cancelled, Container, ImageRecord, Mount, tail_of
+from .buildah import Buildah, BuildahError, Cancelled, Container, ImageRecord, Mount, NetworkRetry, tail_of
 from . import preflight
 from .config import Settings
 from .plan import (FileDigests, Node, Plan, cache_ref, final_commits, git_facts, group_steps, image_format_of,
@@ -36,10 +36,11 @@ HOST_CA_ENV = ("SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS", "PIP_CERT", "REQUESTS_CA_
 class BuildFailed(RuntimeError):
     """A step failed. Carries the image, step, command and log tail for the user."""
 
-    def __init__(self, image: str, step_no: int, step: str, command: str, tail: str, log: Path | None):
-        self.image, self.step_no, self.step, self.command, self.tail, self.log = (
-            image, step_no, step, command, tail, log)
-        super().__init__(f"{image}: step {step_no} ({step}) failed")
+    def __init__(self, image: str, step_no: int, step: str, command: str, tail: str, log: Path | None,
+                 hint: str | None = None):
+        self.image, self.step_no, self.step, self.command, self.tail, self.log, self.hint = (
+            image, step_no, step, command, tail, log, hint)
+        super().__init__(f"{image}: step {step_no} ({step}) failed" + (f": {hint}" if hint else ""))
 
 
 @dataclass
@@ -110,7 +111,8 @@ class NullReporter:
 class Executor:
     def __init__(self, settings: Settings, buildah: Buildah | None = None, reporter: NullReporter | None = None):
         self.settings = settings
-        self.buildah = buildah or Buildah(settings.storage)
+        self.buildah = buildah or Buildah(settings.storage, retry=NetworkRetry(settings.network_retries,
+                                                                                 settings.network_retry_delay))
         self.reporter = reporter or NullReporter()
         self.digests = FileDigests(settings.state_path() / "file-digests.json")
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -122,12 +124,14 @@ class Executor:
         self._revision: str | None = None
         self._source: str | None = None
         self._reaped = False
+        self._platform = None
         self.secrets = Secrets(settings.secrets)
 
     # -- public ---------------------------------------------------------------
     def execute(self, plan: Plan) -> BuildReport:
         started = time.monotonic()
         preflight.check(plan, self.digests, self.secrets)
+        self._platform = plan.platform
         with _store_lock(self.settings, plan, self.reporter), _sigterm_as_interrupt():
             self._load_index()
             self._revision, self._source = git_facts(plan)
@@ -305,8 +309,16 @@ class Executor:
                 raise TypeError(call)
         except BuildahError as exc:
             shown = " ".join(exc.command) if not isinstance(call, RunCall) else " ".join(call.argv)
-            raise BuildFailed(node.name, index, summary, shown, exc.stderr_tail or tail_of(log or Path("/")),
-                              exc.log_path or log) from None
+            tail = exc.stderr_tail or tail_of(log or Path("/"))
+            hint = self._diagnose(tail)
+            raise BuildFailed(node.name, index, summary, shown, tail, exc.log_path or log, hint) from None
+
+    def _diagnose(self, tail: str) -> str | None:
+        """Say what probably went wrong when the log alone does not: a full store disk, a mirror down."""
+        full = store_disk_full(self.settings)
+        if full:
+            return full
+        return self._platform.diagnose(tail, self.settings) if self._platform else None
 
     def _host_ca(self) -> str | None:
         path = self.settings.host_ca_bundle
@@ -343,7 +355,7 @@ class Executor:
                                                   image_format=image_format)
         except BuildahError as exc:
             raise BuildFailed(node.name, index, "commit", " ".join(exc.command), exc.stderr_tail,
-                              exc.log_path) from None
+                              exc.log_path, self._diagnose(exc.stderr_tail)) from None
         with self._lock:
             self._index[cache_ref(key)] = new_id
         return new_id
@@ -400,6 +412,28 @@ class Executor:
                                  "built_at": time.time() if r.status == "built" else
                                  known.get(r.name, {}).get("built_at", time.time())}
         images_path.write_text(json.dumps(known, indent=2))
+
+
+def store_disk_full(settings: Settings, min_free: int = 100_000_000) -> str | None:
+    """A message if the filesystem holding the store (or the scratch space) is (nearly) full.
+
+    Tools in a step report a full disk in their own words ("I/O error", "write error"), and
+    buildah sometimes only panics; checking the free space at the failure is unambiguous.
+    """
+    for label, path in (("store", settings.root or "/var/lib/containers/storage"),
+                        ("scratch space", settings.storage.tmp_root)):
+        probe = Path(path) if path else None
+        while probe is not None and not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if probe is None:
+            continue
+        st = os.statvfs(probe)
+        free, total = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+        if free < min_free or (total and free / total < 0.01):
+            return (f"the {label}'s disk is full ({free // 1_000_000} MB free of {total // 1_000_000} MB at "
+                    f"{path}): free space (`imagefactory cache prune`, `imagefactory clean`) or point --root "
+                    "at a bigger disk, then rebuild; the store itself is intact")
+    return None
 
 
 def _group_key(chain: str, group: list[tuple[Step, Rendered]]) -> str:

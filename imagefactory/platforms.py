@@ -25,6 +25,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from .plan import RenderContext
 
 APT_ENV = (("DEBIAN_FRONTEND", "noninteractive"), ("LC_ALL", "C.UTF-8"))
+APT_NET_OPTS = "-o Acquire::Retries=3 -o Acquire::http::Timeout=30 -o Acquire::https::Timeout=30"
+_MIRROR_DOWN = ("Failed to fetch", "Could not connect", "Temporary failure resolving", "Connection refused",
+                "Unable to connect", "Connection timed out", "Couldn't download", "Failed getting release file",
+                "Failed getting release signature")
 
 # Debian name → name on other platforms (None: not available there, dropped with a plan note).
 PACKAGE_NAMES: dict[str, dict[str, str | None]] = {
@@ -150,6 +154,17 @@ class Platform:
                 f"id -u {q(name)} >/dev/null 2>&1 || useradd -m -u {uid} -g {gid} -d {q(home)} "
                 f"-s {q(shell)}{extra} {q(name)}")
 
+    def diagnose(self, log_tail: str, settings=None) -> str | None:
+        """A hint for a failed step whose log shows the package mirror could not be reached."""
+        if not any(marker in log_tail for marker in _MIRROR_DOWN):
+            return None
+        configured = getattr(settings, "debian_mirror", None) if self.name == "debian" else None
+        mirror = configured or (host_debian_mirror() if self.name == "debian" else None)
+        return (f"the package mirror could not be reached from the build (image's apt sources; the host's mirror is "
+                f"{mirror or 'unknown'}). Check the network, or set `debian_mirror` in imagefactory.yaml / "
+                "IMAGEFACTORY_DEBIAN_MIRROR to a mirror this machine reaches, then rebuild; apt already retried "
+                "each download 3 times.")
+
     def base_recipe(self, variant: str) -> type[Recipe]:
         from .recipe import REGISTRY
 
@@ -161,8 +176,10 @@ class Platform:
 
 class DebianPlatform(Platform):
     def install_calls(self, packages: list[str], variant: str | None) -> list[RunCall]:
-        script = ("apt-get update -q\n"
-                  f"apt-get install -y -q --no-install-recommends {' '.join(sorted(set(packages)))}\n"
+        # apt retries transient fetch errors itself; --error-on=any turns an unreachable mirror into a
+        # failed `apt-get update` instead of a misleading "Unable to locate package" later.
+        script = (f"apt-get update -q --error-on=any {APT_NET_OPTS}\n"
+                  f"apt-get install -y -q --no-install-recommends {APT_NET_OPTS} {' '.join(sorted(set(packages)))}\n"
                   "apt-get clean\nrm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log")
         return [RunCall(("/bin/sh", "-ec", script), APT_ENV)]
 

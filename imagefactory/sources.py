@@ -172,6 +172,8 @@ class Sources:
 
     @classmethod
     def from_settings(cls, settings: Settings, **kw) -> Sources:
+        kw.setdefault("retry", RetryPolicy(attempts=settings.network_retries,
+                                           initial=float(settings.network_retry_delay)))
         return cls(settings.source_cache, settings.source_mirrors, **kw)
 
     # -- cache -----------------------------------------------------------------
@@ -196,6 +198,7 @@ class Sources:
         hit = self.cached(pin)
         if hit:
             return hit
+        clear_partial(self.cache)
         tried: list[str] = []
         for mirror in self.mirrors:
             for c in pin.candidates():
@@ -248,6 +251,8 @@ class Sources:
         except urllib.error.HTTPError as exc:
             if exc.code >= 500 or exc.code in (408, 429):
                 raise _Transient(f"HTTP {exc.code}") from None
+            if exc.code in (401, 403):
+                raise _NotFound(f"HTTP {exc.code}: authentication refused, not retried") from None
             raise _NotFound(f"HTTP {exc.code}") from None
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as exc:
             raise _Transient(f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}") from None
@@ -255,7 +260,7 @@ class Sources:
     def _store(self, produce: Callable, c: Candidate, url: str) -> Path:
         """Write to a temp file in the cache, hash while writing, rename into place only on a match."""
         self.cache.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".partial-{c.filename}.", dir=self.cache)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".partial-{c.filename}.p{os.getpid()}.", dir=self.cache)
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as raw:
@@ -331,9 +336,10 @@ class _HashingWriter:
 def _copy_stream(src, out: _HashingWriter, expected: int | None) -> None:
     with src:
         got = 0
+        read = getattr(src, "read1", src.read)  # what has arrived, not a blocking full chunk
         while True:
             try:
-                chunk = src.read(CHUNK)
+                chunk = read(CHUNK)
             except http.client.IncompleteRead as exc:
                 raise _Transient(f"truncated transfer ({got + len(exc.partial)} of {expected} bytes)") from None
             if not chunk:
@@ -381,13 +387,28 @@ def list_status(settings: Settings, pins: Iterable[SourcePin] | None = None) -> 
 
 
 def clear_partial(cache: str | Path) -> int:
-    """Remove temp files an interrupted download left behind; returns how many."""
+    """Remove temp files that killed downloads left behind (their PID is gone); returns how many."""
+    import re
+
     n = 0
-    for p in Path(cache).glob(".partial-*"):
+    for p in Path(cache).glob(".partial-*") if Path(cache).is_dir() else []:
+        m = re.search(r"\.p(\d+)\.[^.]*$", p.name)
+        if m and _pid_alive(int(m.group(1))):
+            continue  # a download in progress in another process
         with contextlib.suppress(OSError):
             p.unlink()
             n += 1
     return n
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 __all__ = ["Alternate", "FetchedArchive", "ImportResult", "RetryPolicy", "SourceError", "SourcePin", "Sources",

@@ -127,5 +127,6 @@ def print_failure(console: Console, error: BuildFailed) -> None:
         Text("log tail:", style="bold"),
         Text(error.tail or "(empty)"),
         Text(f"full log: {error.log}" if error.log else ""),
+        Text(f"hint: {error.hint}" if error.hint else "", style="yellow"),
     )
     console.print(body)

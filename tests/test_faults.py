@@ -520,3 +520,53 @@ def test_secrets_never_reach_layers_config_history_or_logs(tiny_store, tmp_path)
     assert "token is [secret]" in logs and "password is [secret]" in logs  # scrubbed, not silent
     # no secret files are left in the memory-backed scratch folder
     assert not list(Path("/dev/shm").glob("imagefactory-secrets-*"))
+
+
+# --- a full disk --------------------------------------------------------------------------------
+@pytest.fixture
+def small_store(tmp_path):
+    """A store on a 64 MB tmpfs: steps (and commits) that write more fill the disk."""
+    from conftest import Store, make_busybox_base
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], check=True)
+    s = Store(mnt / "root", tmp_path / "run", tmp_path / "home")
+    for p in (s.root, s.runroot, s.home):
+        p.mkdir(parents=True, exist_ok=True)
+    try:
+        make_busybox_base(s)
+        yield s
+    finally:
+        subprocess.run(["buildah", *s.args(), "rm", "--all"], capture_output=True)
+        subprocess.run(["buildah", *s.args(), "rmi", "--all", "--force"], capture_output=True)
+        subprocess.run(["umount", "-R", str(mnt)], capture_output=True)
+
+
+FILLS = """
+class Fill(Recipe):
+    '''writes SIZE bytes'''
+    name = "fault-full"
+    parent = BASE
+    def steps(self):
+        yield Run("echo ok > /ok")
+        yield Run("head -c SIZE /dev/zero > /fill")
+"""
+
+
+@pytest.mark.parametrize("size, where", [(200_000_000, "step 2 failed: head -c"), (36_000_000, "step 2 failed: commit")])
+def test_disk_full_names_the_step_and_the_store_stays_usable(small_store, tmp_path, size, where):
+    """200 MB fails inside the RUN; 36 MB fits in the container but not twice (the commit's copy)."""
+    recipe = write_recipe(tmp_path, FILLS.replace("SIZE", str(size)))
+    proc = small_store.cli("build", "fault-full", check=False,
+                           env=small_store.env(IMAGEFACTORY_RECIPE_PATHS=str(recipe)))
+    err = " ".join(proc.stderr.split())
+    assert proc.returncode == 1, err[-3000:]
+    assert f"fault-full: {where}" in err, err[-2500:]
+    assert "disk is full" in err and str(small_store.root) in err, err[-2500:]  # said plainly, with the path
+    # the store is still usable: nothing left behind, and a build that fits succeeds
+    assert small_store.containers() == []
+    assert not [n for n in image_names(small_store) if "imagefactory-tmp" in n]
+    recipe.write_text(recipe.read_text().replace(str(size), "1000000"))
+    report, _ = build_report(small_store, recipe, "fault-full", tmp_path=tmp_path)
+    assert report["ok"] and report["images"][0]["steps"][0]["status"] == "hit"

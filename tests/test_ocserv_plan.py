@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pytest
 
+from imagefactory.platforms import APT_NET_OPTS
+
 from imagefactory import config
 from imagefactory.commands.build import describe_plan
 from imagefactory.libraries import BUILD_DEPS
@@ -148,18 +150,18 @@ def test_ubi9_dev_and_test_use_dnf(tmp_path, recipes):
 def test_debian_install_lines(tmp_path, recipes):
     imgs = plan(tmp_path, "debian")
     build = installs(imgs["ocserv-modern-build"])[0].splitlines()
-    assert build[0] == "apt-get update -q"
-    assert build[1] == ("apt-get install -y -q --no-install-recommends binutils "
+    assert build[0] == f"apt-get update -q --error-on=any {APT_NET_OPTS}"
+    assert build[1] == (f"apt-get install -y -q --no-install-recommends {APT_NET_OPTS} binutils "
                         "createrepo-c dpkg-dev file gcc libc6-dev make patch pkgconf rpm xz-utils")
     for forbidden in ("gdb", "valgrind", "strace", "linux-perf", "meson", "g++", "cmake"):
         assert f" {forbidden} " not in f" {build[1]} ", f"build must not install {forbidden}"
     dev = installs(imgs["ocserv-modern-dev"])
-    assert dev[2].splitlines()[1] == "apt-get install -y -q --no-install-recommends gdb linux-perf strace valgrind"
+    assert dev[2].splitlines()[1] == f"apt-get install -y -q --no-install-recommends {APT_NET_OPTS} gdb linux-perf strace valgrind"
     for pkg in ("gcc", "g++", "make", "cmake", "meson", "ninja-build", "autoconf", "automake", "libtool-bin",
                 "pkgconf", "git"):
         assert f" {pkg} " in f" {dev[0].splitlines()[1]} "
     test = installs(imgs["ocserv-modern-test"])
-    assert test[0].splitlines()[1] == ("apt-get install -y -q --no-install-recommends check gcovr iperf3 lcov "
+    assert test[0].splitlines()[1] == (f"apt-get install -y -q --no-install-recommends {APT_NET_OPTS} check gcovr iperf3 lcov "
                                        "libcmocka-dev python3-pytest tcpdump")
 
 

@@ -213,7 +213,9 @@ def test_package_names_are_mapped_in_one_place():
 def test_install_commands_per_platform_and_variant():
     deb = get_platform("debian").install_calls(["b", "a"], variant="slim")[0]
     script = deb.argv[-1]
-    assert "apt-get install -y -q --no-install-recommends a b" in script
+    assert "apt-get install -y -q --no-install-recommends -o Acquire::Retries=3" in script
+    assert script.splitlines()[1].endswith(" a b")
+    assert "apt-get update -q --error-on=any" in script  # an unreachable mirror fails the update itself
     assert ("DEBIAN_FRONTEND", "noninteractive") in deb.env
     ubi = get_platform("ubi9")
     assert "microdnf install -y --nodocs --setopt=install_weak_deps=0 a" in ubi.install_calls(["a"], "slim")[0].argv[-1]

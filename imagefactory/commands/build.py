@@ -202,7 +202,8 @@ def run_build(targets: list[str], settings: Settings, verbose: bool = False) -> 
     except BuildFailed as exc:
         reporter.close()
         return {"ok": False, "failed": {"image": exc.image, "step": exc.step_no, "summary": exc.step,
-                                        "command": exc.command, "log": str(exc.log) if exc.log else None}}, EXIT_FAIL
+                                        "command": exc.command, "log": str(exc.log) if exc.log else None,
+                                        "hint": exc.hint}}, EXIT_FAIL
     finally:
         reporter.close()
     data = result.to_dict()
