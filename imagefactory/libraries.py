@@ -219,7 +219,7 @@ def check_patches_apply(ctx, spec: LibrarySpec, archive: FetchedArchive, patches
                           or "malformed" in line.lower() or "Reversed" in line or "Only garbage" in line]
                 current = next((line for line in output if line.startswith("patching file")), "")
                 detail = "; ".join(dict.fromkeys([current, *failed] if failed else output[-3:]))
-                raise PlanError(f"recipe {ctx.recipe.name!r}: patch {patch} does not apply to "
+                raise PlanError(f"recipe {getattr(ctx.recipe, 'name', ctx.recipe.__name__)!r}: patch {patch} does not apply to "
                                 f"{spec.name} {spec.version} ({archive.filename}): {detail}. "
                                 f"Regenerate it against the {archive.tree_root} tree (see patches/README.md)")
     memo.parent.mkdir(parents=True, exist_ok=True)

@@ -72,7 +72,7 @@ def test_patch_bytes_profile_and_archive_are_in_the_key(tmp_path):
     changed = _key(step, ctx)
     assert changed != before
     # a second patch: new key, applied after the first (name order)
-    (folder / "0002-more.patch").write_bytes(b"--- a/x\n+++ b/x\n")
+    (folder / "0002-more.patch").write_bytes(b"--- /dev/null\n+++ b/NEWFILE\n@@ -0,0 +1 @@\n+hello\n")
     script = step.render(ctx).calls[0].argv[-1]
     assert script.index("0001-cmake-policy-range.patch") < script.index("0002-more.patch")
     assert _key(step, ctx) not in (before, changed)
