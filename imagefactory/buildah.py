@@ -57,6 +57,7 @@ class StorageOptions:
     runroot: str | None = None
     driver: str | None = None
     isolation: str = "chroot"
+    driver_options: tuple[str, ...] = ()  # --storage-opt, e.g. overlay.mount_program=... (fuse-overlayfs)
     # buildah's scratch space (layer blobs during commit); per process below this folder, so
     # what a killed commit leaves is found and removed by the next run. None: $TMPDIR.
     tmp_root: str | None = None
@@ -69,6 +70,8 @@ class StorageOptions:
             args += ["--runroot", self.runroot]
         if self.driver:
             args += ["--storage-driver", self.driver]
+        for opt in self.driver_options:
+            args += ["--storage-opt", opt]
         return args
 
 
@@ -531,8 +534,18 @@ def parse_size(text: str) -> int:
 
 def _clean_env() -> dict[str, str]:
     """buildah itself needs PATH/HOME/TMPDIR; steps get only what the recipe sets."""
-    keep = ("PATH", "HOME", "TMPDIR", "LANG", "XDG_RUNTIME_DIR", "REGISTRY_AUTH_FILE")
-    return {k: v for k, v in os.environ.items() if k in keep or k.startswith(("BUILDAH_", "CONTAINERS_"))}
+    keep = ("PATH", "HOME", "TMPDIR", "LANG", "XDG_RUNTIME_DIR", "XDG_DATA_HOME", "XDG_CONFIG_HOME", "USER",
+            "REGISTRY_AUTH_FILE")
+    env = {k: v for k, v in os.environ.items()
+           if k in keep or k.startswith(("BUILDAH_", "CONTAINERS_", "_CONTAINERS_"))}  # _CONTAINERS_*: userns state
+    runtime = env.get("XDG_RUNTIME_DIR")
+    if runtime and os.getuid() != 0:
+        try:
+            if os.stat(runtime).st_uid != os.getuid():
+                env.pop("XDG_RUNTIME_DIR")  # buildah refuses a runtime dir the user does not own
+        except OSError:
+            env.pop("XDG_RUNTIME_DIR")
+    return env
 
 
 def _redact(text: str, values: tuple[str, ...]) -> str:

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import config as config_mod
+from . import rootless
 from .buildah import Buildah, BuildahError, Cancelled
 from .config import ConfigError, Settings
 from .recipe import RecipeError, load_recipes
@@ -30,6 +31,9 @@ Handler = Callable[[argparse.Namespace, Settings], int]
 _COMMANDS: dict[str, tuple[Handler, Callable[[argparse.ArgumentParser], None], str]] = {}
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# Commands an ordinary user runs as is; every other one re-runs itself inside buildah's user
+# namespace (see rootless.py), where it can mount images and bootstrap root file systems.
+OUTSIDE_USERNS = {"doctor", "list", "plan"}
 
 
 def command(name: str, help: str, args: Callable[[argparse.ArgumentParser], None] = lambda p: None):
@@ -93,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         settings = settings_from(args)
+        if args.command not in OUTSIDE_USERNS and rootless.needs_userns():
+            rootless.check_can_unshare()
+            rootless.reexec_in_userns(settings.storage.global_args(), sys.argv[1:] if argv is None else argv)
         load_recipes(settings.recipe_paths)
         code = handler(args, settings)
     except (ConfigError, RecipeError) as exc:

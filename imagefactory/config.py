@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from . import rootless
 from .buildah import StorageOptions
 
 ENV_PREFIX = "IMAGEFACTORY_"
@@ -70,7 +71,12 @@ class Settings:
     @property
     def storage(self) -> StorageOptions:
         tmp = Path(self.state_dir) / self.storage_key() / "tmp"
-        return StorageOptions(self.root, self.runroot, self.storage_driver, self.isolation, str(tmp))
+        driver, options = self.storage_driver, ()
+        if driver is None and rootless.is_rootless():
+            choice = rootless.choose_driver(self.root)
+            driver, options = choice.driver, choice.options
+        return StorageOptions(self.root, self.runroot, driver, self.isolation, driver_options=options,
+                              tmp_root=str(tmp))
 
     def value(self, key: str, default: str | None = None) -> str | None:
         return self.values.get(key, default)

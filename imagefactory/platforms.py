@@ -245,22 +245,25 @@ class Bootstrap(Step):
             raise PlatformError(
                 "no Debian mirror: set `debian_mirror` in imagefactory.yaml or IMAGEFACTORY_DEBIAN_MIRROR, "
                 "or configure apt on this host (/etc/apt/sources.list.d/*.sources)")
-        argv = ["debootstrap", f"--variant={self.variant}", f"--include={','.join(self.include)}",
-                "--components=main", self.suite, "<container root>", mirror]
-        suite, variant, include = self.suite, self.variant, self.include
+        from .rootless import in_userns
+
+        # Inside a user namespace (rootless builds) debootstrap cannot mknod; mmdebstrap can skip it.
+        tool = ["mmdebstrap", "--mode=root", "--skip=output/mknod"] if in_userns() else ["debootstrap"]
+        options = [f"--variant={self.variant}", f"--include={','.join(self.include)}", "--components=main"]
+        argv = [*tool, *options, self.suite, "<container root>", mirror]
+        suite = self.suite
 
         def action(ctr: Container, log: Path) -> None:
             root = ctr.mount()
             try:
                 with open(log, "ab") as out:
-                    sh.Command("debootstrap")(
-                        f"--variant={variant}", f"--include={','.join(include)}", "--components=main",
-                        suite, str(root), mirror, _out=out, _err_to_out=True, _env=_host_env())
+                    sh.Command(tool[0])(*tool[1:], *options, suite, str(root), mirror, _out=out, _err_to_out=True,
+                                        _env=_host_env())
                 _tidy_rootfs(root)
             finally:
                 ctr.umount()
 
-        return Rendered(self.kind, f"debootstrap {self.suite} ({self.variant}) from {mirror}",
+        return Rendered(self.kind, f"{tool[0]} {self.suite} ({self.variant}) from {mirror}",
                         [HostCall(" ".join(argv), action, key=mirror)])
 
 

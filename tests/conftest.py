@@ -31,7 +31,17 @@ class Store:
     home: Path  # cache/state/logs for this store
 
     def args(self) -> list[str]:
-        return ["--root", str(self.root), "--runroot", str(self.runroot)]
+        """Storage flags for direct buildah calls: the same driver imagefactory picks (rootless runs
+        default to overlay where buildah alone would pick vfs and see an empty store)."""
+        args = ["--root", str(self.root), "--runroot", str(self.runroot)]
+        from imagefactory import rootless
+
+        if rootless.is_rootless():
+            choice = rootless.choose_driver(str(self.root))
+            args += ["--storage-driver", choice.driver]
+            for opt in choice.options:
+                args += ["--storage-opt", opt]
+        return args
 
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)

@@ -15,6 +15,7 @@ from ..config import Settings
 from ..execute import BuildFailed, Executor, store_lock
 from ..plan import (CACHE_REPO, FileDigests, build_plan, cache_ref, final_commits, git_facts, group_steps,
                     image_format_of, render_steps, step_key)
+from .. import rootless
 from ..platforms import host_debian_mirror
 from ..recipe import REGISTRY
 from ..ui import RichReporter, human_size
@@ -327,7 +328,8 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     print_table("doctor", ["", "check", "found", "how to fix"], rows)
     args._report_data = {"checks": [dict(zip(("name", "ok", "detail", "fix"), c)) for c in checks]}
     required = {"buildah", "storage", "isolation", "debian mirror"}
-    return EXIT_OK if all(ok for name, ok, _, _ in checks if name in required) else EXIT_FAIL
+    return EXIT_OK if all(ok for name, ok, _, _ in checks
+                          if name in required or name.startswith("rootless ")) else EXIT_FAIL
 
 
 def doctor_checks(settings: Settings, image: str | None = None) -> list[tuple[str, bool, str, str]]:
@@ -344,11 +346,15 @@ def doctor_checks(settings: Settings, image: str | None = None) -> list[tuple[st
         out.append(("buildah", False, str(exc)[:200], "run ci/setup"))
     try:
         bd.images()
-        out.append(("storage", True, f"root={settings.root or 'default'} driver={settings.storage_driver or 'default'}",
-                    ""))
+        storage = settings.storage
+        out.append(("storage", True, f"root={settings.root or 'default'} driver={storage.driver or 'default'}"
+                    f"{' (' + ', '.join(storage.driver_options) + ')' if storage.driver_options else ''}"
+                    f"{' rootless' if rootless.is_rootless() else ''}", ""))
     except BuildahError as exc:
         out.append(("storage", False, exc.stderr_tail[-200:], "check --root/--runroot and storage.conf"))
     out.append(_isolation_check(bd, settings, image))
+    if rootless.is_rootless():
+        out.extend(rootless.checks(settings.root, settings.storage_driver))
     mirror = settings.debian_mirror or host_debian_mirror()
     out.append(("debian mirror", bool(mirror), mirror or "none",
                 "set debian_mirror in imagefactory.yaml or IMAGEFACTORY_DEBIAN_MIRROR"))
