@@ -143,7 +143,7 @@ class Buildah:
 
     def __init__(self, storage: StorageOptions | None = None, binary: str = "buildah",
                  retry: NetworkRetry | None = None):
-        self.storage = storage or StorageOptions()
+        self.storage = _with_rootless_driver(storage or StorageOptions())
         self.binary = binary
         self.retry = retry or NetworkRetry()
         self.counters = _Counters()
@@ -546,6 +546,19 @@ def _clean_env() -> dict[str, str]:
         except OSError:
             env.pop("XDG_RUNTIME_DIR")
     return env
+
+
+def _with_rootless_driver(storage: StorageOptions) -> StorageOptions:
+    """An ordinary user's store gets the driver imagefactory picks (see rootless.choose_driver):
+    buildah alone would default to vfs and show an overlay store as empty."""
+    from dataclasses import replace
+
+    from . import rootless
+
+    if storage.driver or not rootless.is_rootless():
+        return storage
+    choice = rootless.choose_driver(storage.root)
+    return replace(storage, driver=choice.driver, driver_options=choice.options)
 
 
 def _redact(text: str, values: tuple[str, ...]) -> str:

@@ -208,7 +208,12 @@ def check_patches_apply(ctx, spec: LibrarySpec, archive: FetchedArchive, patches
         return
     with tempfile.TemporaryDirectory(prefix=f"imagefactory-patchcheck-{spec.name}-") as tmp:
         with tarfile.open(archive.path) as tar:
-            tar.extractall(tmp, filter="data")
+            if hasattr(tarfile, "data_filter"):  # Python 3.11.4+
+                tar.extractall(tmp, filter="data")
+            else:  # older 3.11: refuse absolute and escaping paths ourselves
+                safe = [m for m in tar.getmembers() if not m.name.startswith("/") and ".." not in Path(m.name).parts
+                        and (m.isfile() or m.isdir() or m.issym())]
+                tar.extractall(tmp, members=safe)
         tree = Path(tmp) / archive.tree_root.strip("/")
         for patch, _sha in patches:
             proc = subprocess.run(["patch", "-p1", "--forward", "--batch", "-i", str(patch)], cwd=tree,

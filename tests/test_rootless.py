@@ -69,8 +69,10 @@ class AsUser:
     def env(self, **extra: str) -> list[str]:
         env = {"HOME": str(self.home), "USER": self.name, "LOGNAME": self.name, "LANG": "C.UTF-8",
                "PATH": f"{VENV}/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "PYTHONPATH": str(REPO),
-               "XDG_CACHE_HOME": str(self.work / "cache"), "IMAGEFACTORY_SOURCE_MIRRORS": str(SHARED_SOURCES),
-               "IMAGEFACTORY_TEST_TMP": str(self.work / "tmp"), "PYTHONDONTWRITEBYTECODE": "1"}
+               "XDG_CACHE_HOME": str(self.work / "cache"), "XDG_RUNTIME_DIR": str(self.work / "run"), "IMAGEFACTORY_SOURCE_MIRRORS": str(SHARED_SOURCES),
+               "IMAGEFACTORY_TEST_TMP": str(self.work / "tmp"), "PYTHONDONTWRITEBYTECODE": "1",
+               # the checkout belongs to root: let git (revision labels) read it anyway
+               "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "safe.directory", "GIT_CONFIG_VALUE_0": "*"}
         env.update(extra)
         return [f"{k}={v}" for k, v in env.items()]
 
@@ -87,7 +89,8 @@ class AsUser:
 
     def cleanup(self) -> None:
         """The user's stores hold files owned by its subordinate IDs: remove them from inside the namespace."""
-        self.run("buildah", "unshare", "rm", "-rf", str(self.work / "store"), str(self.work / "tmp"), check=False)
+        self.run("buildah", "unshare", "rm", "-rf", str(self.work / "store"), str(self.work / "tmp"),
+                 str(self.work / "run"), check=False)
         shutil.rmtree(self.work, ignore_errors=True)
 
 
@@ -99,9 +102,10 @@ def user():
     _ensure_user(USER, ranges=True)
     _ensure_venv()
     work = Path("/var/tmp") / f"imagefactory-rootless-{uuid.uuid4().hex[:8]}"
-    (work / "tmp").mkdir(parents=True)
+    for sub in ("tmp", "run"):
+        (work / sub).mkdir(parents=True, mode=0o700)
+        shutil.chown(work / sub, USER, USER)
     shutil.chown(work, USER, USER)
-    shutil.chown(work / "tmp", USER, USER)
     u = AsUser(USER, work)
     yield u
     u.cleanup()
@@ -127,7 +131,8 @@ def test_a_user_without_subordinate_ids_is_told_what_to_fix(tmp_path):
         assert not any(line.startswith(NOSUB_USER + ":") for line in Path(path).read_text().splitlines())
     _ensure_venv()
     work = Path("/var/tmp") / f"imagefactory-nosub-{uuid.uuid4().hex[:8]}"
-    work.mkdir()
+    (work / "run").mkdir(parents=True, mode=0o700)
+    shutil.chown(work / "run", NOSUB_USER, NOSUB_USER)
     shutil.chown(work, NOSUB_USER, NOSUB_USER)
     u = AsUser(NOSUB_USER, work)
     try:
@@ -148,7 +153,7 @@ def test_a_user_without_subordinate_ids_is_told_what_to_fix(tmp_path):
 def test_engine_and_fault_suites_as_an_ordinary_user(user):
     """The core integration cases, unchanged, run by the user in buildah's user namespace."""
     proc = user.run("buildah", "unshare", "--", "python", "-m", "pytest", "-p", "no:cacheprovider", "-q",
-                    "-o", "addopts=", "-x", str(REPO / "tests" / "test_engine.py"),
+                    "-o", "addopts=", "-x", "--basetemp", str(user.work / "tmp" / "pytest"), str(REPO / "tests" / "test_engine.py"),
                     str(REPO / "tests" / "test_faults.py"), check=False, timeout=1500)
     tail = proc.stdout[-4000:]
     assert proc.returncode == 0, tail + proc.stderr[-3000:]
@@ -157,7 +162,7 @@ def test_engine_and_fault_suites_as_an_ordinary_user(user):
 
 LIB_RECIPE = """
 from imagefactory import AddUser, Install, Recipe, Run
-from imagefactory.libraries import BuildLibrary
+from imagefactory.libraries import BUILD_DEPS, BuildLibrary
 from imagefactory.toolchain import RELEASE
 from recipes.libs import CJSON
 
@@ -166,7 +171,7 @@ class RootlessLib(Recipe):
     name = "rootless-cjson"
     base = "slim"
     def steps(self):
-        yield Install("gcc", "libc6-dev", "make", "cmake", "file", "binutils")
+        yield Install(*BUILD_DEPS)
         yield BuildLibrary(CJSON, RELEASE)
         yield AddUser("dev", uid=1000, owns=("/workspace",))
         yield Run("echo notes > /workspace/notes.txt && chown 1000:1000 /workspace/notes.txt")
