@@ -22,6 +22,8 @@ from pathlib import Path
 
 import sh
 
+from ._process import pid_alive
+
 CONTAINER_PREFIX = "imagefactory-"
 TEMP_IMAGE_REPO = "localhost/imagefactory-tmp"
 TAIL_LINES = 40
@@ -367,7 +369,7 @@ class Buildah:
         containers, temps = self.leftovers(images)
         if self.storage.tmp_root and Path(self.storage.tmp_root).is_dir():
             for folder in Path(self.storage.tmp_root).glob("p*"):
-                if folder.name[1:].isdigit() and not _pid_alive(int(folder.name[1:])):
+                if folder.name[1:].isdigit() and not pid_alive(int(folder.name[1:])):
                     shutil.rmtree(folder, ignore_errors=True)
         for name in containers:
             self.remove_container(name)
@@ -575,19 +577,7 @@ def owned_name(prefix: str) -> str:
 def owner_alive(name: str) -> bool:
     """Is the process that created ``name`` still running? Names without an owner count as dead."""
     m = _OWNER.search(name)
-    return bool(m) and _pid_alive(int(m.group(1)))
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return bool(m) and pid_alive(int(m.group(1)))
 
 
 def _die_with_parent() -> None:

@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING
 
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from ._process import pid_alive
+
 if TYPE_CHECKING:  # pragma: no cover
     from .config import Settings
 
@@ -393,22 +395,12 @@ def clear_partial(cache: str | Path) -> int:
     n = 0
     for p in Path(cache).glob(".partial-*") if Path(cache).is_dir() else []:
         m = re.search(r"\.p(\d+)\.[^.]*$", p.name)
-        if m and _pid_alive(int(m.group(1))):
+        if m and pid_alive(int(m.group(1))):
             continue  # a download in progress in another process
         with contextlib.suppress(OSError):
             p.unlink()
             n += 1
     return n
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 __all__ = ["Alternate", "FetchedArchive", "ImportResult", "RetryPolicy", "SourceError", "SourcePin", "Sources",
