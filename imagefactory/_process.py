@@ -16,3 +16,18 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def die_with_parent(sig: int = 15) -> None:
+    """Ask the kernel to send ``sig`` (SIGTERM) to this process when its parent dies.
+
+    Used in two places: buildah children (set in the forked child before exec) so a killed
+    imagefactory leaves no buildah running, and the copy of imagefactory that runs inside
+    ``buildah unshare``, so a SIGTERM to the outer process reaches the build and cleans up.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - non-Linux
+        pass

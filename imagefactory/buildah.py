@@ -22,7 +22,7 @@ from pathlib import Path
 
 import sh
 
-from ._process import pid_alive
+from ._process import die_with_parent, pid_alive
 
 CONTAINER_PREFIX = "imagefactory-"
 TEMP_IMAGE_REPO = "localhost/imagefactory-tmp"
@@ -166,7 +166,7 @@ class Buildah:
         with self._lock:
             self.counters.calls.append(argv)
         kwargs: dict = {"_bg": True, "_bg_exc": False, "_new_session": True, "_env": env or self._env(),
-                        "_preexec_fn": _die_with_parent}
+                        "_preexec_fn": die_with_parent}
         logf = None
         if log is not None:
             log.parent.mkdir(parents=True, exist_ok=True)
@@ -578,17 +578,6 @@ def owner_alive(name: str) -> bool:
     """Is the process that created ``name`` still running? Names without an owner count as dead."""
     m = _OWNER.search(name)
     return bool(m) and pid_alive(int(m.group(1)))
-
-
-def _die_with_parent() -> None:
-    """Runs in the forked child before exec: if imagefactory is killed (even with SIGKILL),
-    the kernel sends buildah SIGTERM, so no orphaned buildah keeps a container busy."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # pragma: no cover - non-Linux
-        pass
 
 
 def _scratch_dir() -> str:

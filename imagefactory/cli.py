@@ -88,6 +88,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> int:
+    rootless.follow_outer_process()
     p = parser()
     args = p.parse_args(argv)
     if not args.command:

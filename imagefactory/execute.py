@@ -125,6 +125,7 @@ class Executor:
         self._source: str | None = None
         self._reaped = False
         self._platform = None
+        self._interrupted = 0  # signal number, set by the handler (see _interrupts_as_flag)
         self.secrets = Secrets(settings.secrets)
 
     # -- public ---------------------------------------------------------------
@@ -132,7 +133,7 @@ class Executor:
         started = time.monotonic()
         preflight.check(plan, self.digests, self.secrets)
         self._platform = plan.platform
-        with _store_lock(self.settings, plan, self.reporter), _sigterm_as_interrupt():
+        with _store_lock(self.settings, plan, self.reporter), _interrupts_as_flag(self):
             self._load_index()
             self._revision, self._source = git_facts(plan)
             self.reporter.start(plan)
@@ -142,6 +143,8 @@ class Executor:
                 self._run_graph(plan, results)
             finally:
                 self.digests.save()
+            if self._interrupted:
+                raise KeyboardInterrupt
             self._fill_sizes(results)
         report = BuildReport(list(results.values()), time.monotonic() - started,
                              self.buildah.counters.containers_started, self.buildah.counters.commits,
@@ -159,6 +162,8 @@ class Executor:
         with ThreadPoolExecutor(max_workers=max(1, self.settings.jobs)) as pool:
             try:
                 while pending or running:
+                    if self._interrupted:
+                        raise KeyboardInterrupt
                     if failed is None:
                         for node in [n for n in pending if all(d.name in done for d in n.deps)]:
                             if len(running) >= max(1, self.settings.jobs):
@@ -168,6 +173,8 @@ class Executor:
                     if not running:
                         break
                     finished, _ = wait(list(running), return_when=FIRST_COMPLETED, timeout=0.5)
+                    if self._interrupted:
+                        raise KeyboardInterrupt
                     for fut in finished:
                         node = running.pop(fut)
                         exc = fut.exception()
@@ -487,20 +494,28 @@ def _store_lock(settings: Settings, plan: Plan, reporter: NullReporter):
 
 
 @contextmanager
-def _sigterm_as_interrupt():
-    """Treat SIGTERM like Ctrl-C so working containers are removed either way."""
+def _interrupts_as_flag(executor: Executor):
+    """SIGINT and SIGTERM only set a flag; the scheduling loop turns it into KeyboardInterrupt.
+
+    A handler that raises lands wherever the main thread happens to be, e.g. halfway through
+    acquiring the futures' locks in ``concurrent.futures.wait``, and the cleanup that follows
+    then deadlocks. The loop checks the flag every half second, cancels buildah and removes
+    the working containers; SIGTERM (a cancelled CI job) behaves like Ctrl-C, and repeated
+    signals (``buildah unshare`` forwarding one, plus the parent-death signal) change nothing.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):
-        raise KeyboardInterrupt
+        executor._interrupted = signum
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 __all__ = ["BuildFailed", "BuildReport", "Cancelled", "Executor", "ImageResult", "NullReporter", "StepRecord",

@@ -235,12 +235,35 @@ def build_plan(targets: Iterable[str | type[Recipe]], settings: Settings) -> Pla
 
     for recipe in wanted:
         visit(recipe)
-    parents_of_others = {p.name for p in (cls.declared_parent() for cls in REGISTRY)
-                         if isinstance(p, type) and p.is_concrete()}
+    built_upon = _built_upon(platform) | {d.name for n in order for d in n.deps}
     for node in order:
-        node.leaf = node.name not in parents_of_others
+        node.leaf = node.name not in built_upon
         node.shipped = not node.recipe.hidden and not _is_stage(node.recipe)
     return Plan(settings, platform, order, wanted)
+
+
+def _built_upon(platform: Platform) -> set[str]:
+    """Names of recipes another registered recipe builds FROM or copies from, on this platform.
+
+    Decided over the whole registry, not the requested targets, so an image gets the same
+    commits (and keys) whichever targets are built. Parents are resolved through the platform:
+    a recipe with ``base = "slim"`` builds on the slim base class, which is therefore not a leaf
+    (a leaf's single commit carries the git revision, and children would rebuild on every commit).
+    """
+    names: set[str] = set()
+    for cls in REGISTRY:
+        if not cls.is_concrete():
+            continue
+        try:
+            parent = resolve_parent(cls, platform)
+        except RecipeError:
+            parent = None
+        if isinstance(parent, type):
+            names.add(parent.name)
+        for stage in (getattr(cls, "stages", None) or {}).values():
+            if isinstance(stage, type) and getattr(stage, "name", None):
+                names.add(stage.name)
+    return names
 
 
 def _is_stage(recipe: type[Recipe]) -> bool:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 USERNS_ENV = "_CONTAINERS_USERNS_CONFIGURED"
+REEXEC_ENV = "IMAGEFACTORY_IN_USERNS"  # set for the copy of the CLI that runs inside buildah unshare
 MIN_RANGE = 65536  # enough for every ID a Debian image uses, nobody (65534) included
 FUSE_OVERLAYFS = "/usr/bin/fuse-overlayfs"
 
@@ -104,6 +105,7 @@ def reexec_in_userns(storage_args: list[str], argv: list[str]) -> None:
     if not buildah:
         raise SystemExit("imagefactory: buildah is not installed (run ci/setup or apt-get install buildah)")
     env = dict(os.environ)
+    env[REEXEC_ENV] = "1"
     if not runtime_dir_ok():
         env.pop("XDG_RUNTIME_DIR", None)
     sys.stdout.flush()
@@ -120,6 +122,17 @@ def check_can_unshare() -> None:
     if problems:
         raise ConfigError("building as an ordinary user needs a user namespace with subordinate IDs:\n  "
                           + "\n  ".join(problems) + "\n(`imagefactory doctor` shows every check)")
+
+
+def follow_outer_process() -> None:
+    """In the re-run copy: end (via SIGTERM, so working containers are removed) when the outer
+    ``buildah unshare`` dies - a cancelled CI job signals only that outer process."""
+    if os.environ.get(REEXEC_ENV) and in_userns():
+        from ._process import die_with_parent
+
+        die_with_parent()
+        if os.getppid() == 1:  # the outer process is already gone
+            raise SystemExit(143)
 
 
 def runtime_dir_ok() -> bool:

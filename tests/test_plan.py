@@ -9,7 +9,7 @@ import pytest
 from imagefactory import config
 from imagefactory.platforms import get_platform, host_debian_mirror
 from imagefactory.plan import PlanError, Plan, build_plan, step_key
-from imagefactory.recipe import REGISTRY, Recipe, RecipeError
+from imagefactory.recipe import REGISTRY, Recipe, RecipeError, load_recipes
 from imagefactory.steps import Copy, CopyFrom, Env, Install, Rendered, Run, RunCall
 
 
@@ -302,3 +302,20 @@ def test_base_per_platform_and_missing_platform_is_named():
 
     with pytest.raises(PlanError, match="no base for platform 'ubi9'"):
         build_plan([DebianOnly], settings(platform="ubi9"))
+
+
+def test_bases_and_stages_reached_through_base_or_stages_are_not_leaves():
+    """A leaf's one commit carries the git revision; if the slim base were a leaf, every new commit
+    would change its image ID and rebuild everything built on it (found by bench/rootless.py)."""
+    from imagefactory.plan import final_commits
+
+    load_recipes()
+    s = settings()
+    for targets in (["build"], ["ci"], ["s4"], ["dev", "test"]):
+        leaves = {n.name for n in build_plan(targets, s).nodes if n.leaf}
+        assert leaves <= {"ocserv-modern-ci", "s4", "ocserv-modern-test"}, (targets, leaves)
+    plan = build_plan(["ci"], s)
+    slim = plan.node(REGISTRY.get("imagefactory-base-debian-slim"))
+    commits = final_commits(slim, plan, [], "rev-1", "src", "oci")
+    feeding = [c for c in commits if c.feeds_children]
+    assert feeding and all("rev-1" not in " ".join(c.label_args) for c in feeding)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import fcntl
+import os
 import json
 import pwd
 import shutil
@@ -227,3 +228,79 @@ def _owners(oci: Path, wanted: set[str]) -> dict[str, tuple[int, int]]:
     missing = wanted - set(found)
     assert not missing, f"not in any layer: {missing}"
     return found
+
+
+SLOW_RECIPE = """
+from imagefactory import Recipe, Run
+
+class Slow(Recipe):
+    '''a step that runs until it is cancelled'''
+    name = "rootless-slow"
+    parent = "localhost/rootless-busybox:latest"
+    def steps(self):
+        yield Run("echo STEP-STARTED; sleep 300")
+"""
+
+
+def test_sigterm_to_the_outer_process_cancels_the_build_inside_the_namespace(user):
+    """A CI runner cancelling the job signals the process it started: `buildah unshare`, not the
+    imagefactory copy inside it. That copy must notice, remove its container and end."""
+    import time
+
+    store = ["--root", str(user.work / "slowstore" / "root"), "--runroot", str(user.work / "slowstore" / "run")]
+    rootfs = user.work / "busybox-rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    shutil.copy2(shutil.which("busybox") or "/bin/busybox", rootfs / "bin" / "busybox")
+    for applet in ("sh", "echo", "sleep"):
+        (rootfs / "bin" / applet).symlink_to("busybox")
+    subprocess.run(["chmod", "-R", "a+rX", str(rootfs)], check=True)
+    ctr = user.run("buildah", *store, "from", "scratch").stdout.strip()
+    user.run("buildah", *store, "copy", ctr, str(rootfs), "/")
+    user.run("buildah", *store, "commit", "-q", ctr, "localhost/rootless-busybox:latest")
+    user.run("buildah", *store, "rm", ctr)
+    recipes = user.work / "slow-recipes"
+    recipes.mkdir()
+    (recipes / "slow.py").write_text(textwrap.dedent(SLOW_RECIPE))
+    subprocess.run(["chmod", "-R", "a+rX", str(recipes)], check=True)
+
+    cmd = ["runuser", "-u", user.name, "--", "env", "-i", *user.env(IMAGEFACTORY_RECIPE_PATHS=str(recipes)),
+           "python", "-m", "imagefactory", "build", "rootless-slow", *store]
+    proc = subprocess.Popen(cmd, cwd=user.work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    logs = user.work / "cache" / "imagefactory" / "logs"
+    deadline = time.time() + 60
+    while time.time() < deadline and not any("STEP-STARTED" in p.read_text(errors="replace")
+                                             for p in logs.rglob("*.log")):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    outer = [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/cmdline")
+             if _cmdline(p)[:1] and _cmdline(p)[0].endswith("buildah") and "unshare" in _cmdline(p)
+             and str(user.work / "slowstore") in " ".join(_cmdline(p))]
+    assert len(outer) == 1, outer
+    os.kill(outer[0], 15)
+    proc.communicate(timeout=60)
+    deadline = time.time() + 30
+    while time.time() < deadline and _user_processes(user.name):
+        time.sleep(0.2)
+    assert _user_processes(user.name) == [], "the build went on after its job was cancelled"
+    assert user.run("buildah", *store, "containers", "-q").stdout.split() == []
+
+
+def _cmdline(path: Path) -> list[str]:
+    try:
+        return [a.decode(errors="replace") for a in path.read_bytes().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def _user_processes(name: str) -> list[str]:
+    uid = pwd.getpwnam(name).pw_uid
+    out = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        real_uid = next((int(line.split()[1]) for line in text.splitlines() if line.startswith("Uid:")), None)
+        if real_uid == uid:
+            out.append(" ".join(_cmdline(status.parent / "cmdline")))
+    return out
