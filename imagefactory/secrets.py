@@ -4,8 +4,8 @@ A recipe names secrets by id (:class:`imagefactory.steps.Secret`); the user says
 values live. Lookup order for an id: ``--secret`` on the command line, ``secrets:`` in
 the config file (both as ``env:VAR``, ``file:PATH`` or a bare path), then the variable
 ``IMAGEFACTORY_SECRET_<ID>``. Values are handed to buildah as read-only bind mounts of
-files (a file secret is mounted as is; an env secret is written to a 0600 file in a
-private folder that is removed after the step), and every log line is scrubbed of them.
+files (each value is written to a read-only file in a private 0700 folder, memory-backed
+where possible, that is removed after the step), and every log line is scrubbed of them.
 """
 
 from __future__ import annotations
@@ -104,6 +104,8 @@ class Secrets:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "wb") as f:
                     f.write(self.value(s.id))
+                # readable by the step's user whoever it is; the 0700 folder keeps other host users out
+                os.chmod(path, 0o444)
                 mounts.append(Mount(target=s.target, source=str(path), type="bind", readonly=True))
             yield mounts
         finally:
