@@ -133,6 +133,9 @@ def main() -> int:
         for kind in args.only.split(","):
             cleanup(kind, work)
         shutil.rmtree(work, ignore_errors=True)
+        uid = pwd.getpwnam(USER).pw_uid  # buildah's fallback runtime folders for the user
+        for leftover in (f"/var/tmp/containers-user-{uid}", f"/var/tmp/podman-run-{uid}"):
+            shutil.rmtree(leftover, ignore_errors=True)
     ref = results["runs"].get("root-overlay")
     if ref:
         results["ratios_vs_root_overlay"] = {

@@ -93,6 +93,9 @@ class AsUser:
         self.run("buildah", "unshare", "rm", "-rf", str(self.work / "store"), str(self.work / "tmp"),
                  str(self.work / "run"), check=False)
         shutil.rmtree(self.work, ignore_errors=True)
+        uid = pwd.getpwnam(self.name).pw_uid  # buildah's fallback runtime folders, if it made any
+        for leftover in (f"/var/tmp/containers-user-{uid}", f"/var/tmp/podman-run-{uid}"):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +151,7 @@ def test_a_user_without_subordinate_ids_is_told_what_to_fix(tmp_path):
         assert build.returncode == 2 and "subordinate IDs" in err and "usermod --add-subuids" in err, err
         assert "Traceback" not in build.stderr
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        u.cleanup()
 
 
 def test_engine_and_fault_suites_as_an_ordinary_user(user):
