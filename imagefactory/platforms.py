@@ -252,19 +252,45 @@ class Bootstrap(Step):
         options = [f"--variant={self.variant}", f"--include={','.join(self.include)}", "--components=main"]
         argv = [*tool, *options, self.suite, "<container root>", mirror]
         suite = self.suite
+        attempts, delay = ctx.settings.network_retries, float(ctx.settings.network_retry_delay)
 
         def action(ctr: Container, log: Path) -> None:
+            from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+            from ._process import die_with_parent
+
             root = ctr.mount()
-            try:
+
+            def bootstrap() -> None:
+                _empty(root)  # a retry starts from nothing, as the tools require
                 with open(log, "ab") as out:
                     sh.Command(tool[0])(*tool[1:], *options, suite, str(root), mirror, _out=out, _err_to_out=True,
-                                        _env=_host_env())
+                                        _env=_host_env(), _preexec_fn=die_with_parent)
+
+            def mirror_down(exc: BaseException) -> bool:
+                from .buildah import tail_of
+
+                return isinstance(exc, sh.ErrorReturnCode) and any(m in tail_of(log) for m in _MIRROR_DOWN)
+
+            try:
+                Retrying(stop=stop_after_attempt(max(1, attempts)), wait=wait_exponential(multiplier=delay, max=30),
+                         retry=retry_if_exception(mirror_down), reraise=True)(bootstrap)
                 _tidy_rootfs(root)
             finally:
                 ctr.umount()
 
         return Rendered(self.kind, f"{tool[0]} {self.suite} ({self.variant}) from {mirror}",
                         [HostCall(" ".join(argv), action, key=mirror)])
+
+
+def _empty(root: Path) -> None:
+    import shutil
+
+    for child in root.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def _host_env() -> dict[str, str]:

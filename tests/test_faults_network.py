@@ -224,3 +224,33 @@ def test_install_against_an_unreachable_apt_mirror_fails_clearly(e2e_store, tmp_
     assert json.loads(report.read_text())["failed"]["image"] == "fault-apt-down"
     assert e2e_store.containers() == []
     assert elapsed < 300
+
+
+def test_bootstrap_from_an_unreachable_mirror_retries_then_fails_clearly(store, tmp_path):
+    """The base's bootstrap is network-bound too: retried on mirror errors, then a message with the fix."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    recipe = tmp_path / "needs_base.py"
+    recipe.write_text(textwrap.dedent("""
+        from imagefactory import Recipe, Run
+        class NeedsBase(Recipe):
+            '''anything on the full Debian base'''
+            name = "fault-needs-base"
+            base = "full"
+            def steps(self):
+                yield Run("true")
+    """))
+    env = store.env(IMAGEFACTORY_RECIPE_PATHS=str(recipe), IMAGEFACTORY_DEBIAN_MIRROR=f"http://127.0.0.1:{port}/debian",
+                    IMAGEFACTORY_NETWORK_RETRIES="2", IMAGEFACTORY_NETWORK_RETRY_DELAY="0")
+    report = tmp_path / "report.json"
+    proc = store.cli("build", "fault-needs-base", "--report", str(report), check=False, env=env)
+    err = " ".join(proc.stderr.split())
+    assert proc.returncode == 1, err[-3000:]
+    assert "imagefactory-base-debian-full: step 1 failed" in err and f"127.0.0.1:{port}" in err
+    assert "package mirror could not be reached" in err and "debian_mirror" in err
+    log = Path(json.loads(report.read_text())["failed"]["log"]).read_text()
+    assert log.count(f"127.0.0.1:{port}/debian/dists") >= 2  # tried twice (network_retries=2)
+    assert store.containers() == []
