@@ -23,6 +23,7 @@ import sh
 from .buildah import Buildah, BuildahError, Cancelled, Container, ImageRecord, Mount, NetworkRetry, tail_of
 from . import preflight
 from .config import Settings
+from .locks import StoreLocks
 from .plan import (FileDigests, Node, Plan, cache_ref, final_commits, git_facts, group_steps, image_format_of,
                    render_steps, step_key)
 from .secrets import Secrets
@@ -127,13 +128,15 @@ class Executor:
         self._platform = None
         self._interrupted = 0  # signal number, set by the handler (see _interrupts_as_flag)
         self.secrets = Secrets(settings.secrets)
+        self.locks = StoreLocks(settings.state_path())
 
     # -- public ---------------------------------------------------------------
     def execute(self, plan: Plan) -> BuildReport:
         started = time.monotonic()
         preflight.check(plan, self.digests, self.secrets)
         self._platform = plan.platform
-        with _store_lock(self.settings, plan, self.reporter), _interrupts_as_flag(self):
+        purpose = "build " + " ".join(n.name for n in plan.nodes)
+        with self.locks.store(purpose, exclusive=False, note=self.reporter.note), _interrupts_as_flag(self):
             self._load_index()
             self._revision, self._source = git_facts(plan)
             self.reporter.start(plan)
@@ -199,6 +202,15 @@ class Executor:
 
     # -- one image ------------------------------------------------------------
     def _build_node(self, plan: Plan, node: Node, result: ImageResult) -> None:
+        """Build one image while holding its lock: a concurrent run building the same image is
+        waited for, and its commits are then found in the (re-read) cache."""
+        with self.locks.image(node.name, f"build {node.name}", note=self.reporter.note,
+                              stop=lambda: self.buildah.cancelled or bool(self._interrupted)) as waited:
+            if waited:
+                self._load_index()
+            self._build_node_locked(plan, node, result)
+
+    def _build_node_locked(self, plan: Plan, node: Node, result: ImageResult) -> None:
         started = time.monotonic()
         parent_id = self._parent_image_id(node)
         with self._lock:
@@ -370,10 +382,11 @@ class Executor:
     # -- cache index ------------------------------------------------------------
     def _load_index(self) -> None:
         records = self.buildah.images()
-        for rec in records:
-            self._records[rec.id] = rec
-            for name in rec.names:
-                self._index[name] = rec.id
+        with self._lock:
+            for rec in records:
+                self._records[rec.id] = rec
+                for name in rec.names:
+                    self._index[name] = rec.id
 
     def _lookup(self, key: str) -> str | None:
         with self._lock:
@@ -406,19 +419,27 @@ class Executor:
     def _save_report(self, report: BuildReport) -> None:
         path = self.settings.state_path() / "last-build.json"
         images_path = self.settings.state_path() / "images.json"
-        path.write_text(json.dumps(report.to_dict(), indent=2))
-        known = {}
-        if images_path.is_file():
-            try:
-                known = json.loads(images_path.read_text())
-            except ValueError:
-                known = {}
-        for r in report.results:
-            if r.image_id:
-                known[r.name] = {"target": r.target, "ref": r.ref, "image_id": r.image_id, "size": r.size,
-                                 "built_at": time.time() if r.status == "built" else
-                                 known.get(r.name, {}).get("built_at", time.time())}
-        images_path.write_text(json.dumps(known, indent=2))
+        _write_atomically(path, json.dumps(report.to_dict(), indent=2))
+        with open(images_path.with_suffix(".lock"), "a") as lock:  # concurrent builds update it too
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            known = {}
+            if images_path.is_file():
+                try:
+                    known = json.loads(images_path.read_text())
+                except ValueError:
+                    known = {}
+            for r in report.results:
+                if r.image_id:
+                    known[r.name] = {"target": r.target, "ref": r.ref, "image_id": r.image_id, "size": r.size,
+                                     "built_at": time.time() if r.status == "built" else
+                                     known.get(r.name, {}).get("built_at", time.time())}
+            _write_atomically(images_path, json.dumps(known, indent=2))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def store_disk_full(settings: Settings, min_free: int = 100_000_000) -> str | None:
@@ -451,49 +472,6 @@ def _group_key(chain: str, group: list[tuple[Step, Rendered]]) -> str:
 
 
 @contextmanager
-def store_lock(settings: Settings, purpose: str, reporter: NullReporter | None = None, poll: float = 0.5):
-    """One writer per storage root: builds, `clean` and `cache prune` take turns.
-
-    The holder writes who it is into the lock file, so a waiting run can say what it
-    waits for. The kernel drops the lock when its holder dies, even with SIGKILL.
-    """
-    path = settings.state_path() / "build.lock"
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another imagefactory process"
-            message = (f"waiting for the store lock {path}: held by {holder}; "
-                       "this run continues when that one ends")
-            (reporter.note if reporter else lambda m: print(m, flush=True))(message)
-            t0 = time.monotonic()
-            while True:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    time.sleep(poll)
-            if reporter:
-                reporter.note(f"got the store lock after {time.monotonic() - t0:.1f}s")
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} ({purpose}, since {time.strftime('%H:%M:%S')})\n")
-        f.flush()
-        try:
-            yield
-        finally:
-            f.seek(0)
-            f.truncate()
-            f.flush()
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _store_lock(settings: Settings, plan: Plan, reporter: NullReporter):
-    return store_lock(settings, "build " + " ".join(n.name for n in plan.nodes), reporter)
-
-
-@contextmanager
 def _interrupts_as_flag(executor: Executor):
     """SIGINT and SIGTERM only set a flag; the scheduling loop turns it into KeyboardInterrupt.
 
@@ -518,5 +496,4 @@ def _interrupts_as_flag(executor: Executor):
             signal.signal(sig, old)
 
 
-__all__ = ["BuildFailed", "BuildReport", "Cancelled", "Executor", "ImageResult", "NullReporter", "StepRecord",
-           "store_lock"]
+__all__ = ["BuildFailed", "BuildReport", "Cancelled", "Executor", "ImageResult", "NullReporter", "StepRecord"]

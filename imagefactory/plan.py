@@ -93,7 +93,7 @@ class FileDigests:
 
     def save(self) -> None:
         if self.memo_path and self._dirty:
-            tmp = self.memo_path.with_suffix(".tmp")
+            tmp = self.memo_path.with_name(f".{self.memo_path.name}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(self._memo))
             tmp.replace(self.memo_path)
             self._dirty = False

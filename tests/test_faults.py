@@ -259,12 +259,20 @@ def test_two_builds_of_overlapping_targets_on_one_store(tiny_store, tmp_path):
             wait_for_log_text(tiny_store, "SHARED-STARTED", proc)
     first, second = runs
     deadline = time.time() + 30
-    while "waiting for the store lock" not in second[2].read_text() and time.time() < deadline:
+    while "waiting for image fault-shared" not in second[2].read_text() and time.time() < deadline:
         time.sleep(0.1)
-    waiting = second[2].read_text()
-    assert "waiting for the store lock" in waiting and f"pid {first[0].pid}" in waiting, waiting
-    assert "fault-a" in waiting  # says what it waits for
+    waiting = " ".join(second[2].read_text().split())
+    assert "waiting for image fault-shared" in waiting, waiting  # says what it waits for, and for whom
+    assert f"pid {first[0].pid} (build fault-shared" in waiting, waiting
+    # `clean` removes images, so it waits for running builds (and says which)
+    cleaner = subprocess.Popen([sys.executable, "-m", "imagefactory", "clean", *tiny_store.args()], cwd=REPO,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(1.0)
+    assert cleaner.poll() is None, cleaner.communicate()[0]
     open_gate(tmp_path)
+    clean_out = " ".join(cleaner.communicate(timeout=120)[0].split())
+    assert cleaner.returncode == 0 and "waiting for the store lock" in clean_out, clean_out
+    assert f"pid {first[0].pid} (build fault-shared fault-a" in clean_out, clean_out
     for proc, _, _, err in runs:
         assert proc.wait(timeout=120) == 0
         err.close()
@@ -277,6 +285,39 @@ def test_two_builds_of_overlapping_targets_on_one_store(tiny_store, tmp_path):
     assert tiny_store.containers() == []
     names = image_names(tiny_store)
     assert "localhost/fault-a:latest" in names and "localhost/fault-b:latest" in names
+
+
+UNRELATED = """
+class Blocked(Recipe):
+    '''waits for the gate'''
+    name = "fault-blocked"
+    parent = BASE
+    def steps(self):
+        yield Run("echo BLOCKED-STARTED; while [ ! -e /gate/go ]; do sleep 0.1; done",
+                  mounts=(Mount(target="/gate", source=GATE),))
+
+class Free(Recipe):
+    '''shares nothing with Blocked but the base image'''
+    name = "fault-free"
+    parent = BASE
+    def steps(self):
+        yield Run("echo free > /free")
+"""
+
+
+def test_builds_of_unrelated_images_on_one_store_do_not_wait_for_each_other(tiny_store, tmp_path):
+    recipe = write_recipe(tmp_path, UNRELATED)
+    blocked = start_build(tiny_store, recipe, "fault-blocked")
+    try:
+        wait_for_log_text(tiny_store, "BLOCKED-STARTED", blocked)
+        report, proc = build_report(tiny_store, recipe, "fault-free", tmp_path=tmp_path)
+        assert report["ok"] and blocked.poll() is None  # finished while the other build still runs
+        assert "waiting" not in proc.stderr
+    finally:
+        open_gate(tmp_path)
+        blocked.communicate(timeout=120)
+    assert blocked.returncode == 0
+    assert tiny_store.containers() == []
 
 
 # --- bad input: a clear error before any container starts ---------------------------------------

@@ -12,7 +12,8 @@ from pathlib import Path
 from ..buildah import BuildahError, Mount
 from ..cli import EXIT_FAIL, EXIT_OK, buildah_for, command, console, err_console, print_table
 from ..config import Settings
-from ..execute import BuildFailed, Executor, store_lock
+from ..execute import BuildFailed, Executor
+from ..locks import store_lock
 from ..plan import (CACHE_REPO, FileDigests, build_plan, cache_ref, final_commits, git_facts, group_steps,
                     image_format_of, render_steps, step_key)
 from .. import rootless
