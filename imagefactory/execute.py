@@ -86,6 +86,7 @@ class BuildReport:
     containers_started: int
     commits: int
     log_dir: str
+    notes: list[str] = field(default_factory=list)  # waits, leftovers removed: what a CI log should show
 
     @property
     def ok(self) -> bool:
@@ -93,7 +94,7 @@ class BuildReport:
 
     def to_dict(self) -> dict:
         return {"ok": self.ok, "seconds": round(self.seconds, 3), "containers_started": self.containers_started,
-                "commits": self.commits, "log_dir": self.log_dir,
+                "commits": self.commits, "log_dir": self.log_dir, "notes": list(self.notes),
                 "images": [r.to_dict() for r in self.results]}
 
 
@@ -126,6 +127,7 @@ class Executor:
         self._source: str | None = None
         self._reaped = False
         self._platform = None
+        self._notes: list[str] = []
         self._interrupted = 0  # signal number, set by the handler (see _interrupts_as_flag)
         self.secrets = Secrets(settings.secrets)
         self.locks = StoreLocks(settings.state_path())
@@ -136,7 +138,7 @@ class Executor:
         preflight.check(plan, self.digests, self.secrets)
         self._platform = plan.platform
         purpose = "build " + " ".join(n.name for n in plan.nodes)
-        with self.locks.store(purpose, exclusive=False, note=self.reporter.note), _interrupts_as_flag(self):
+        with self.locks.store(purpose, exclusive=False, note=self._note), _interrupts_as_flag(self):
             self._load_index()
             self._revision, self._source = git_facts(plan)
             self.reporter.start(plan)
@@ -151,7 +153,7 @@ class Executor:
             self._fill_sizes(results)
         report = BuildReport(list(results.values()), time.monotonic() - started,
                              self.buildah.counters.containers_started, self.buildah.counters.commits,
-                             str(self.log_root))
+                             str(self.log_root), list(self._notes))
         self._save_report(report)
         self.reporter.finish(report)
         return report
@@ -204,7 +206,7 @@ class Executor:
     def _build_node(self, plan: Plan, node: Node, result: ImageResult) -> None:
         """Build one image while holding its lock: a concurrent run building the same image is
         waited for, and its commits are then found in the (re-read) cache."""
-        with self.locks.image(node.name, f"build {node.name}", note=self.reporter.note,
+        with self.locks.image(node.name, f"build {node.name}", note=self._note,
                               stop=lambda: self.buildah.cancelled or bool(self._interrupted)) as waited:
             if waited:
                 self._load_index()
@@ -349,6 +351,11 @@ class Executor:
         with self.buildah.working_container(image, name_hint=node.name) as ctr:
             yield ctr
 
+    def _note(self, message: str) -> None:
+        with self._lock:
+            self._notes.append(message)
+        self.reporter.note(message)
+
     def _remove_leftovers_once(self) -> None:
         """Before this run starts its first container: remove what killed runs left behind.
 
@@ -361,7 +368,7 @@ class Executor:
             self._reaped = True
             containers, temps = self.buildah.remove_leftovers(self._records.values())
         if containers or temps:
-            self.reporter.note(f"removed {len(containers)} working container(s) and {len(temps)} unfinished "
+            self._note(f"removed {len(containers)} working container(s) and {len(temps)} unfinished "
                                "commit(s) left by an interrupted build")
 
     def _commit(self, ctr: Container, node: Node, index: int, key: str, *, squash: bool,

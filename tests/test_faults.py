@@ -140,6 +140,7 @@ def test_sigkill_of_imagefactory_during_a_run_step_then_rebuild(tiny_store, tmp_
     steps = report["images"][0]["steps"]
     assert [s["status"] for s in steps[:2]] == ["hit", "run"], steps  # step 1 was committed, step 2 was not
     assert "interrupted build" in proc.stderr
+    assert any("interrupted build" in n for n in report["notes"])  # also in the JSON report for CI
     assert tiny_store.containers() == []
     out = subprocess.run(["buildah", *tiny_store.args(), "from", "fault-slow"], capture_output=True, text=True,
                          check=True).stdout.strip()

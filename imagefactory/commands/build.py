@@ -262,6 +262,9 @@ def cmd_clean(args: argparse.Namespace, settings: Settings) -> int:
             removed, temps = bd.leftovers()
         else:
             removed, temps = bd.remove_leftovers()
+        from ..sources import clear_partial
+
+        partial = 0 if args.dry_run else clear_partial(settings.source_cache)
         dangling = [r.id for r in bd.images() if not r.names]
         if dangling and not args.dry_run:
             for iid in dangling:
@@ -270,9 +273,10 @@ def cmd_clean(args: argparse.Namespace, settings: Settings) -> int:
                 except BuildahError:
                     pass  # still used by a child image
     console.print(f"{len(removed)} working container(s), {len(temps)} unfinished commit(s), "
-                  f"{len(dangling)} dangling image(s) {'would be ' if args.dry_run else ''}removed "
-                  "(containers of running builds are kept)")
-    args._report_data = {"containers": removed, "unfinished_commits": temps, "dangling_images": dangling}
+                  f"{len(dangling)} dangling image(s), {partial} partial download(s) "
+                  f"{'would be ' if args.dry_run else ''}removed (what running builds use is kept)")
+    args._report_data = {"containers": removed, "unfinished_commits": temps, "dangling_images": dangling,
+                         "partial_downloads": partial}
     return EXIT_OK
 
 
@@ -363,6 +367,10 @@ def doctor_checks(settings: Settings, image: str | None = None) -> list[tuple[st
                 "apt-get install debootstrap"))
     cosign = shutil.which("cosign")
     out.append(("cosign", bool(cosign), cosign or "not found", "run ci/setup (installs cosign from trixie)"))
+    from ..locks import StoreLocks
+
+    running = StoreLocks(settings.state_path()).holders()
+    out.append(("running builds", True, "; ".join(running) or "none on this store", ""))
     mirrors = settings.source_mirrors
     out.append(("source mirrors", True, ", ".join(mirrors) or "none (upstream only)", ""))
     cache = Path(settings.source_cache)
