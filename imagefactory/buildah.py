@@ -439,6 +439,13 @@ class Buildah:
             self._call("config", *args, ctr)
 
     def mount(self, ctr: str) -> Path:
+        from . import rootless
+
+        if rootless.needs_userns():
+            raise BuildahError(self.argv("mount", ctr), 125,
+                               "an ordinary user can mount images only inside buildah's user namespace: run "
+                               "this program as `buildah unshare -- python ...` (the imagefactory CLI re-runs "
+                               "itself there), see docs/rootless.md")
         return Path(self._call("mount", ctr).strip())
 
     def umount(self, ctr: str) -> None:
