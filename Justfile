@@ -25,3 +25,11 @@ bench:
 
 setup:
     ci/setup
+
+# fault injection: killed builds, concurrent runs, flaky mirrors, bad input, secrets, full disk
+faults:
+    python -m pytest -n 2 -m faults
+
+# the cost of rootless builds (as root: creates a test user), see docs/rootless.md
+bench-rootless:
+    python bench/rootless.py

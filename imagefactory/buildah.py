@@ -160,9 +160,17 @@ class Buildah:
 
     def _call(self, *args: str, log: Path | None = None, env: dict | None = None, cleanup: bool = False,
               redactions: tuple[str, ...] = ()) -> str:
+        return self._spawn(self.argv(*args), log=log, env=env, cleanup=cleanup, redactions=redactions)
+
+    def host(self, argv: list[str], *, log: Path, env: dict[str, str]) -> None:
+        """Run a host tool that works on a mounted container (debootstrap, mmdebstrap) with the same
+        plumbing as buildah itself: logged, cancelled with the build, killed if imagefactory dies."""
+        self._spawn(list(argv), log=log, env=env)
+
+    def _spawn(self, argv: list[str], *, log: Path | None = None, env: dict | None = None, cleanup: bool = False,
+               redactions: tuple[str, ...] = ()) -> str:
         if self._cancelled.is_set() and not cleanup:
             raise Cancelled("build cancelled")
-        argv = self.argv(*args)
         with self._lock:
             self.counters.calls.append(argv)
         kwargs: dict = {"_bg": True, "_bg_exc": False, "_new_session": True, "_env": env or self._env(),

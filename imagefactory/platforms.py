@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-import sh
 
 from .recipe import Recipe, RecipeError
 from .steps import HostCall, Rendered, Run, RunCall, Step
@@ -257,20 +256,16 @@ class Bootstrap(Step):
         def action(ctr: Container, log: Path) -> None:
             from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-            from ._process import die_with_parent
-
             root = ctr.mount()
 
             def bootstrap() -> None:
                 _empty(root)  # a retry starts from nothing, as the tools require
-                with open(log, "ab") as out:
-                    sh.Command(tool[0])(*tool[1:], *options, suite, str(root), mirror, _out=out, _err_to_out=True,
-                                        _env=_host_env(), _preexec_fn=die_with_parent)
+                ctr.buildah.host([*tool, *options, suite, str(root), mirror], log=log, env=_host_env())
 
             def mirror_down(exc: BaseException) -> bool:
-                from .buildah import tail_of
+                from .buildah import BuildahError
 
-                return isinstance(exc, sh.ErrorReturnCode) and any(m in tail_of(log) for m in _MIRROR_DOWN)
+                return isinstance(exc, BuildahError) and any(m in exc.stderr_tail for m in _MIRROR_DOWN)
 
             try:
                 Retrying(stop=stop_after_attempt(max(1, attempts)), wait=wait_exponential(multiplier=delay, max=30),

@@ -254,3 +254,45 @@ def test_bootstrap_from_an_unreachable_mirror_retries_then_fails_clearly(store, 
     log = Path(json.loads(report.read_text())["failed"]["log"]).read_text()
     assert log.count(f"127.0.0.1:{port}/debian/dists") >= 2  # tried twice (network_retries=2)
     assert store.containers() == []
+
+
+def test_sigterm_during_the_bootstrap_stops_it_at_once(store, tmp_path):
+    """debootstrap runs through the wrapper's process plumbing: cancelling the build cancels it too."""
+    import signal
+
+    recipe = tmp_path / "needs_base.py"
+    recipe.write_text(textwrap.dedent("""
+        from imagefactory import Recipe, Run
+        class NeedsBase(Recipe):
+            '''anything on the full Debian base'''
+            name = "fault-bootstrap-cancel"
+            base = "full"
+            def steps(self):
+                yield Run("true")
+    """))
+    env = store.env(IMAGEFACTORY_RECIPE_PATHS=str(recipe))
+    proc = subprocess.Popen([sys.executable, "-m", "imagefactory", "build", "fault-bootstrap-cancel", *store.args()],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    logs = store.home / "cache" / "imagefactory" / "logs"
+    deadline = time.time() + 60
+    while time.time() < deadline and not any("Retrieving" in p.read_text(errors="replace")
+                                             for p in logs.rglob("*bootstrap*.log") if p.is_file()):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert time.monotonic() - t0 < 10, "the bootstrap ran on after the build was cancelled"
+    assert store.containers() == []
+    assert [c for c in _cmdlines() if str(store.root) in c and "bootstrap" in c] == []
+
+
+def _cmdlines() -> list[str]:
+    out = []
+    for p in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            out.append(p.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            continue
+    return out
