@@ -226,6 +226,21 @@ def test_install_against_an_unreachable_apt_mirror_fails_clearly(e2e_store, tmp_
     assert elapsed < 300
 
 
+def _needs_base(folder: Path, name: str) -> Path:
+    """A recipe on the full Debian base, so building it starts with the bootstrap."""
+    recipe = folder / "needs_base.py"
+    recipe.write_text(textwrap.dedent(f"""
+        from imagefactory import Recipe, Run
+        class NeedsBase(Recipe):
+            '''anything on the full Debian base'''
+            name = "{name}"
+            base = "full"
+            def steps(self):
+                yield Run("true")
+    """))
+    return recipe
+
+
 def test_bootstrap_from_an_unreachable_mirror_retries_then_fails_clearly(store, tmp_path):
     """The base's bootstrap is network-bound too: retried on mirror errors, then a message with the fix."""
     import socket
@@ -233,16 +248,7 @@ def test_bootstrap_from_an_unreachable_mirror_retries_then_fails_clearly(store, 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    recipe = tmp_path / "needs_base.py"
-    recipe.write_text(textwrap.dedent("""
-        from imagefactory import Recipe, Run
-        class NeedsBase(Recipe):
-            '''anything on the full Debian base'''
-            name = "fault-needs-base"
-            base = "full"
-            def steps(self):
-                yield Run("true")
-    """))
+    recipe = _needs_base(tmp_path, "fault-needs-base")
     env = store.env(IMAGEFACTORY_RECIPE_PATHS=str(recipe), IMAGEFACTORY_DEBIAN_MIRROR=f"http://127.0.0.1:{port}/debian",
                     IMAGEFACTORY_NETWORK_RETRIES="2", IMAGEFACTORY_NETWORK_RETRY_DELAY="0")
     report = tmp_path / "report.json"
@@ -260,16 +266,7 @@ def test_sigterm_during_the_bootstrap_stops_it_at_once(store, tmp_path):
     """debootstrap runs through the wrapper's process plumbing: cancelling the build cancels it too."""
     import signal
 
-    recipe = tmp_path / "needs_base.py"
-    recipe.write_text(textwrap.dedent("""
-        from imagefactory import Recipe, Run
-        class NeedsBase(Recipe):
-            '''anything on the full Debian base'''
-            name = "fault-bootstrap-cancel"
-            base = "full"
-            def steps(self):
-                yield Run("true")
-    """))
+    recipe = _needs_base(tmp_path, "fault-bootstrap-cancel")
     env = store.env(IMAGEFACTORY_RECIPE_PATHS=str(recipe))
     proc = subprocess.Popen([sys.executable, "-m", "imagefactory", "build", "fault-bootstrap-cancel", *store.args()],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
