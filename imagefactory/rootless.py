@@ -206,6 +206,7 @@ def checks(graphroot: str | None = None, driver: str | None = None,
         rows.append(("apparmor userns", False, "kernel.apparmor_restrict_unprivileged_userns=1",
                      "as root: sysctl -w kernel.apparmor_restrict_unprivileged_userns=0, or an AppArmor "
                      "profile allowing userns for buildah"))
+    rows.append(_userns_smoke_test())
     rows.append(("XDG_RUNTIME_DIR", runtime_dir_ok(), os.environ.get("XDG_RUNTIME_DIR") or "unset (buildah uses "
                  f"/var/tmp/containers-user-{uid})",
                  "unset it, or point it at a 0700 folder you own (imagefactory drops a foreign one itself)"))
@@ -221,6 +222,28 @@ def checks(graphroot: str | None = None, driver: str | None = None,
     rows.append(("bootstrap tool", bool(shutil.which("mmdebstrap")), shutil.which("mmdebstrap") or "not found",
                  "apt-get install mmdebstrap (rootless bootstraps use it; debootstrap needs real root)"))
     return rows
+
+
+def _userns_smoke_test() -> tuple[str, bool, str, str]:
+    """Enter buildah's user namespace for real: the ID map must hold more than the user itself."""
+    import subprocess
+
+    if in_userns():
+        lines = Path("/proc/self/uid_map").read_text().strip().splitlines()
+    else:
+        try:
+            proc = subprocess.run(["buildah", "unshare", "cat", "/proc/self/uid_map"], capture_output=True,
+                                  text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return ("rootless namespace", False, str(exc)[:200], "install buildah and uidmap (ci/setup)")
+        if proc.returncode != 0:
+            return ("rootless namespace", False, (proc.stderr.strip().splitlines() or ["failed"])[-1][:200],
+                    "fix the rootless checks above, then run doctor again")
+        lines = proc.stdout.strip().splitlines()
+    ok = len(lines) >= 2
+    found = f"{len(lines)} ID range(s) mapped: " + "; ".join(" ".join(line.split()) for line in lines)
+    return ("rootless namespace", ok, found, "" if ok else "only your own ID is mapped: add subuid/subgid ranges "
+            "(see the rootless subuid/subgid rows) and make newuidmap/newgidmap setuid")
 
 
 def _read_int(path: str) -> int | None:

@@ -120,8 +120,10 @@ def test_doctor_as_an_ordinary_user(user, tmp_path):
     proc = user.cli("doctor", "--root", str(user.work / "store" / "root"), "--runroot",
                     str(user.work / "store" / "run"), "--report", str(report))
     checks = {c["name"]: c for c in json.loads(report.read_text())["checks"]}
-    for name in ("rootless subuid", "rootless subgid", "rootless newuidmap", "rootless newgidmap", "user namespaces"):
+    for name in ("rootless subuid", "rootless subgid", "rootless newuidmap", "rootless newgidmap", "user namespaces",
+                 "rootless namespace"):
         assert checks[name]["ok"], checks[name]
+    assert "2 ID range(s) mapped" in checks["rootless namespace"]["detail"]
     assert checks["rootless subuid"]["detail"].startswith(f"{USER}:")
     driver = checks["storage driver"]["detail"]
     assert driver.startswith(("overlay", "vfs")) and ("kernel" in driver or "already uses" in driver)
@@ -144,6 +146,7 @@ def test_a_user_without_subordinate_ids_is_told_what_to_fix(tmp_path):
         assert doctor.returncode == 1
         checks = {c["name"]: c for c in json.loads((work / "doctor.json").read_text())["checks"]}
         assert not checks["rootless subuid"]["ok"] and not checks["rootless subgid"]["ok"]
+        assert not checks["rootless namespace"]["ok"]  # buildah only warns; the real map shows the problem
         assert "usermod --add-subuids" in checks["rootless subuid"]["fix"]
         assert NOSUB_USER in checks["rootless subuid"]["fix"]
         build = u.cli("build", "ci", check=False)
