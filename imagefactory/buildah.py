@@ -353,8 +353,13 @@ class Buildah:
         ctr = self.from_image(image, name_hint=name_hint) if image else self.from_scratch(name_hint=name_hint)
         try:
             yield ctr
-        finally:
-            self.remove_container(ctr.name)
+        except BaseException:
+            try:
+                self.remove_container(ctr.name)
+            except BuildahError:
+                pass  # keep the error that matters; the next run removes the container (its owner is gone)
+            raise
+        self.remove_container(ctr.name)
 
     def containers(self) -> list[dict]:
         out = self._call("containers", "--json", "--all")
@@ -398,8 +403,39 @@ class Buildah:
         try:
             self._call("rm", name, cleanup=True)
         except BuildahError as exc:
-            if "does not exist" not in exc.stderr_tail and "no such" not in exc.stderr_tail.lower():
+            if "does not exist" in exc.stderr_tail or "no such" in exc.stderr_tail.lower():
+                return
+            if "no space left on device" not in exc.stderr_tail.lower() or not self._empty_writable_layer(name):
                 raise
+            self._call("rm", name, cleanup=True)  # buildah needs a little room for its own bookkeeping
+
+    def _empty_writable_layer(self, name: str) -> bool:
+        """Last resort on a full disk: empty the container's own writable layer (it is being deleted
+        anyway) so `buildah rm` has room to rewrite its metadata. Returns whether anything was freed."""
+        from . import rootless
+
+        if rootless.needs_userns():
+            return False  # the layer's files belong to subordinate IDs: not ours to delete from here
+        root = Path(self.storage.root) if self.storage.root else (
+            rootless.default_graphroot() if rootless.is_rootless() else Path("/var/lib/containers/storage"))
+        for driver in ([self.storage.driver] if self.storage.driver else ["overlay", "vfs"]):
+            try:
+                entries = json.loads((root / f"{driver}-containers" / "containers.json").read_text())
+            except (OSError, ValueError):
+                continue
+            layer = next((e.get("layer") for e in entries if name in (e.get("names") or [])), None)
+            if not layer:
+                continue
+            writable = root / "overlay" / layer / "diff" if driver == "overlay" else root / "vfs" / "dir" / layer
+            if not writable.is_dir():
+                return False
+            for child in writable.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+            return True
+        return False
 
     def run(self, ctr: str, argv: list[str], *, env: dict[str, str] | None = None, user: str | None = None,
             workdir: str | None = None, mounts: Iterable[Mount] = (), network: str | None = None,
