@@ -533,6 +533,8 @@ def test_secrets_never_reach_layers_config_history_or_logs(tiny_store, tmp_path)
     failed = tiny_store.cli("build", "fault-secret-fail", check=False, env=env)
     assert failed.returncode == 1 and "leaking [secret]" in failed.stderr, failed.stderr  # tail shown, scrubbed
     plan = tiny_store.cli("plan", "fault-secret", env=env)
+    planned = json.loads(tiny_store.cli("plan", "fault-secret", "--json", env=env).stdout)
+    assert [s["secrets"] for s in planned[0]["steps"][:2]] == [["api_token"], ["registry_password"]]
 
     # the steps really saw the values
     bd = ["buildah", *tiny_store.args()]

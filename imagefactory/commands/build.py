@@ -126,8 +126,9 @@ def describe_plan(targets: list[str], settings: Settings, read_store: bool = Tru
                     elif isinstance(c, HostCall):
                         calls.append(c.description)
                 status = "hit" if hit else "miss"  # after a miss every later step runs too
+                secrets = sorted({sec.id for c in r.calls if isinstance(c, RunCall) for sec in c.secrets})
                 steps.append({"index": i, "kind": r.kind, "summary": r.summary, "status": status,
-                              "key": key if alive else None, "calls": calls})
+                              "key": key if alive else None, "calls": calls, "secrets": secrets})
             if hit:
                 chain = index[cache_ref(key)]
             else:
