@@ -31,30 +31,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(REPO / "tests"))
+from rootless_user import VENV, ensure_user, ensure_venv  # noqa: E402  (shared with tests/test_rootless.py)
+
 USER = "imagefactory-bench"
-VENV = Path("/var/tmp/imagefactory-rootless-venv")
-DEPS = ["sh>=2.0", "tenacity>=8.2", "pyyaml>=6.0", "rich>=13.0", "pyelftools>=0.31",
-        "cyclonedx-python-lib[validation]>=8.0", "spdx-tools>=0.8.2"]
 TARGET = "build"
-
-
-def ensure_user() -> None:
-    try:
-        pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(["useradd", "-m", "-s", "/bin/bash", USER], check=True)
-    for kind, path in (("subuids", "/etc/subuid"), ("subgids", "/etc/subgid")):
-        if not any(line.startswith(USER + ":") for line in Path(path).read_text().splitlines()):
-            subprocess.run(["usermod", f"--add-{kind}", "400000-465535", USER], check=True)
-
-
-def ensure_venv() -> None:
-    probe = [str(VENV / "bin" / "python"), "-c", "import sh, tenacity, yaml, rich, elftools, cyclonedx"]
-    if VENV.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
-        return
-    subprocess.run(["/usr/bin/python3", "-m", "venv", str(VENV)], check=True)
-    subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", *DEPS], check=True)
-    subprocess.run(["chmod", "-R", "a+rX", str(VENV)], check=True)
 
 
 def mirrors() -> str:
@@ -117,7 +98,7 @@ def main() -> int:
     args = p.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench/rootless.py runs as root: it creates the test user")
-    ensure_user()
+    ensure_user(USER, first_id=400000)
     ensure_venv()
     work = Path(args.workdir) / f"imagefactory-bench-rootless-{uuid.uuid4().hex[:8]}"
     work.mkdir(parents=True)

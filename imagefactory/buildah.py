@@ -23,6 +23,7 @@ from pathlib import Path
 import sh
 
 from ._process import die_with_parent, pid_alive
+from .retry import RetryPolicy
 
 CONTAINER_PREFIX = "imagefactory-"
 TEMP_IMAGE_REPO = "localhost/imagefactory-tmp"
@@ -114,18 +115,8 @@ class _Counters:
     calls: list[list[str]] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class NetworkRetry:
-    """Backoff for pulls and pushes. buildah's own retry loop (which gives up on HTTP 5xx)
-    is cut to one try, so this is the one policy in force."""
-
-    attempts: int = 4
-    initial: float = 2.0
-    maximum: float = 30.0
-
-    def buildah_args(self) -> list[str]:
-        return ["--retry", "1", "--retry-delay", "500ms"]
-
+# buildah's own retry loop gives up on HTTP 5xx; cut it to one try so RetryPolicy is the one in force.
+_BUILDAH_RETRY_ARGS = ("--retry", "1", "--retry-delay", "500ms")
 
 _PERMANENT = re.compile(r"unauthori[sz]ed|authentication required|denied|manifest unknown|name unknown|"
                         r"not found|404|x509|certificate|invalid reference", re.I)
@@ -144,10 +135,10 @@ class Buildah:
     """Typed calls to the buildah CLI, all honouring one :class:`StorageOptions`."""
 
     def __init__(self, storage: StorageOptions | None = None, binary: str = "buildah",
-                 retry: NetworkRetry | None = None):
+                 retry: RetryPolicy | None = None):
         self.storage = _with_rootless_driver(storage or StorageOptions())
         self.binary = binary
-        self.retry = retry or NetworkRetry()
+        self.retry = retry or RetryPolicy()
         self.counters = _Counters()
         self._running: dict[int, sh.RunningCommand] = {}
         self._lock = threading.Lock()
@@ -183,7 +174,7 @@ class Buildah:
             if redactions:  # scrub secret values before a byte reaches the log file
                 def scrub(chunk):  # one argument: sh passes only the chunk
                     text = chunk if isinstance(chunk, str) else chunk.decode("utf-8", "replace")
-                    logf.write(_redact(text, redactions).encode())
+                    logf.write(redact(text, redactions).encode())
 
                 kwargs.update(_out=scrub, _err_to_out=True)
             else:
@@ -206,7 +197,7 @@ class Buildah:
                 tail = tail_of(log)
             else:
                 tail = "\n".join(exc.stderr.decode("utf-8", "replace").splitlines()[-TAIL_LINES:])
-            raise BuildahError(argv, exc.exit_code, _redact(tail, redactions), log) from None
+            raise BuildahError(argv, exc.exit_code, redact(tail, redactions), log) from None
         except sh.SignalException:
             if self._cancelled.is_set():
                 raise Cancelled("build cancelled") from None
@@ -294,7 +285,7 @@ class Buildah:
 
     def pull(self, ref: str, log: Path | None = None, *, tls_verify: bool = True) -> str:
         self._with_retries(f"pull {ref}", lambda: self._call(
-            "pull", "--quiet", *self.retry.buildah_args(), f"--tls-verify={'true' if tls_verify else 'false'}", ref,
+            "pull", "--quiet", *_BUILDAH_RETRY_ARGS, f"--tls-verify={'true' if tls_verify else 'false'}", ref,
             log=log))
         return self.inspect(ref)["FromImageID"]
 
@@ -303,7 +294,7 @@ class Buildah:
         digest_file = self.scratch_dir() / f"digest-{uuid.uuid4().hex}"
         try:
             self._with_retries(f"push {destination}", lambda: self._call(
-                "push", *self.retry.buildah_args(), f"--tls-verify={'true' if tls_verify else 'false'}",
+                "push", *_BUILDAH_RETRY_ARGS, f"--tls-verify={'true' if tls_verify else 'false'}",
                 "--digestfile", str(digest_file), image, destination, log=log,
             ))
             return digest_file.read_text().strip()
@@ -312,8 +303,6 @@ class Buildah:
 
     def _with_retries(self, what: str, attempt) -> None:
         """Retry transient registry failures with backoff; fail at once on the rest (see is_transient)."""
-        from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
-
         tries = 0
 
         def counted():
@@ -321,12 +310,8 @@ class Buildah:
             tries += 1
             return attempt()
 
-        retrying = Retrying(stop=stop_after_attempt(max(1, self.retry.attempts)),
-                            wait=wait_exponential(multiplier=self.retry.initial, max=self.retry.maximum),
-                            retry=retry_if_exception(lambda e: isinstance(e, BuildahError) and is_transient(e)),
-                            reraise=True)
         try:
-            retrying(counted)
+            self.retry.retrying(lambda e: isinstance(e, BuildahError) and is_transient(e))(counted)
         except BuildahError as exc:
             why = (f"gave up after {tries} attempts" if is_transient(exc)
                    else "not retried: the registry refused the request (authentication, missing image or TLS)")
@@ -429,11 +414,7 @@ class Buildah:
             writable = root / "overlay" / layer / "diff" if driver == "overlay" else root / "vfs" / "dir" / layer
             if not writable.is_dir():
                 return False
-            for child in writable.iterdir():
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child, ignore_errors=True)
-                else:
-                    child.unlink(missing_ok=True)
+            empty_folder(writable)
             return True
         return False
 
@@ -591,13 +572,10 @@ def _clean_env() -> dict[str, str]:
             "REGISTRY_AUTH_FILE")
     env = {k: v for k, v in os.environ.items()
            if k in keep or k.startswith(("BUILDAH_", "CONTAINERS_", "_CONTAINERS_"))}  # _CONTAINERS_*: userns state
-    runtime = env.get("XDG_RUNTIME_DIR")
-    if runtime and os.getuid() != 0:
-        try:
-            if os.stat(runtime).st_uid != os.getuid():
-                env.pop("XDG_RUNTIME_DIR")  # buildah refuses a runtime dir the user does not own
-        except OSError:
-            env.pop("XDG_RUNTIME_DIR")
+    from .rootless import runtime_dir_ok
+
+    if not runtime_dir_ok():
+        env.pop("XDG_RUNTIME_DIR", None)  # buildah refuses a runtime dir the user does not own
     return env
 
 
@@ -614,10 +592,24 @@ def _with_rootless_driver(storage: StorageOptions) -> StorageOptions:
     return replace(storage, driver=choice.driver, driver_options=choice.options)
 
 
-def _redact(text: str, values: tuple[str, ...]) -> str:
+REDACTED = "[secret]"
+
+
+def redact(text: str, values: Iterable[str]) -> str:
+    """``text`` with every secret value in ``values`` replaced (step logs, failure tails)."""
     for value in values:
-        text = text.replace(value, "[secret]")
+        if value:
+            text = text.replace(value, REDACTED)
     return text
+
+
+def empty_folder(folder: Path) -> None:
+    """Delete everything inside ``folder``, keeping the folder (a mount point, a layer)."""
+    for child in folder.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
 
 
 def owned_name(prefix: str) -> str:

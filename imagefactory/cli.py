@@ -130,9 +130,9 @@ def _load_command_modules() -> None:
 
 # -- shared helpers for command modules ---------------------------------------
 def buildah_for(settings: Settings) -> Buildah:
-    from .buildah import NetworkRetry
+    from .retry import RetryPolicy
 
-    return Buildah(settings.storage, retry=NetworkRetry(settings.network_retries, settings.network_retry_delay))
+    return Buildah(settings.storage, retry=RetryPolicy.from_settings(settings))
 
 
 def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:

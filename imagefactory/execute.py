@@ -20,10 +20,11 @@ from pathlib import Path
 
 import sh
 
-from .buildah import Buildah, BuildahError, Cancelled, Container, ImageRecord, Mount, NetworkRetry, tail_of
+from .buildah import Buildah, BuildahError, Cancelled, Container, ImageRecord, Mount, tail_of
 from . import preflight
 from .config import Settings
 from .locks import StoreLocks
+from .retry import RetryPolicy
 from .plan import (FileDigests, Node, Plan, cache_ref, final_commits, git_facts, group_steps, image_format_of,
                    render_steps, step_key)
 from .secrets import Secrets
@@ -113,8 +114,7 @@ class NullReporter:
 class Executor:
     def __init__(self, settings: Settings, buildah: Buildah | None = None, reporter: NullReporter | None = None):
         self.settings = settings
-        self.buildah = buildah or Buildah(settings.storage, retry=NetworkRetry(settings.network_retries,
-                                                                                 settings.network_retry_delay))
+        self.buildah = buildah or Buildah(settings.storage, retry=RetryPolicy.from_settings(settings))
         self.reporter = reporter or NullReporter()
         self.digests = FileDigests(settings.state_path() / "file-digests.json")
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -369,7 +369,7 @@ class Executor:
             containers, temps = self.buildah.remove_leftovers(self._records.values())
         if containers or temps:
             self._note(f"removed {len(containers)} working container(s) and {len(temps)} unfinished "
-                               "commit(s) left by an interrupted build")
+                       "commit(s) left by an interrupted build")
 
     def _commit(self, ctr: Container, node: Node, index: int, key: str, *, squash: bool,
                 image_format: str, final: bool = False) -> str:

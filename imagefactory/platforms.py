@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 
 from .recipe import Recipe, RecipeError
+from .buildah import empty_folder
+from .retry import RetryPolicy
 from .steps import HostCall, Rendered, Run, RunCall, Step
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -251,15 +253,13 @@ class Bootstrap(Step):
         options = [f"--variant={self.variant}", f"--include={','.join(self.include)}", "--components=main"]
         argv = [*tool, *options, self.suite, "<container root>", mirror]
         suite = self.suite
-        attempts, delay = ctx.settings.network_retries, float(ctx.settings.network_retry_delay)
+        policy = RetryPolicy.from_settings(ctx.settings)
 
         def action(ctr: Container, log: Path) -> None:
-            from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
-
             root = ctr.mount()
 
             def bootstrap() -> None:
-                _empty(root)  # a retry starts from nothing, as the tools require
+                empty_folder(root)  # a retry starts from nothing, as the tools require
                 ctr.buildah.host([*tool, *options, suite, str(root), mirror], log=log, env=_host_env())
 
             def mirror_down(exc: BaseException) -> bool:
@@ -268,24 +268,13 @@ class Bootstrap(Step):
                 return isinstance(exc, BuildahError) and any(m in exc.stderr_tail for m in _MIRROR_DOWN)
 
             try:
-                Retrying(stop=stop_after_attempt(max(1, attempts)), wait=wait_exponential(multiplier=delay, max=30),
-                         retry=retry_if_exception(mirror_down), reraise=True)(bootstrap)
+                policy.retrying(mirror_down)(bootstrap)
                 _tidy_rootfs(root)
             finally:
                 ctr.umount()
 
         return Rendered(self.kind, f"{tool[0]} {self.suite} ({self.variant}) from {mirror}",
                         [HostCall(" ".join(argv), action, key=mirror)])
-
-
-def _empty(root: Path) -> None:
-    import shutil
-
-    for child in root.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
 
 
 def _host_env() -> dict[str, str]:

@@ -17,12 +17,11 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from .buildah import Mount
+from .buildah import Mount, redact
 from .config import ConfigError
 from .steps import Secret
 
 ENV_PREFIX = "IMAGEFACTORY_SECRET_"
-REDACTED = "[secret]"
 
 
 class SecretError(ConfigError):
@@ -110,13 +109,6 @@ class Secrets:
             yield mounts
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def redact(text: str, values: Iterable[str]) -> str:
-    for value in values:
-        if value:
-            text = text.replace(value, REDACTED)
-    return text
 
 
 def _private_tmp() -> str:

@@ -35,9 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
-
 from ._process import pid_alive
+from .retry import RetryPolicy
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import Settings
@@ -141,16 +140,6 @@ class FetchedArchive:
         return self.sha256 == self.pin.sha256
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Backoff for transient network errors; tests pass tiny waits."""
-
-    attempts: int = 5
-    initial: float = 1.0
-    maximum: float = 30.0
-    timeout: float = 60.0  # per connection / read
-
-
 @dataclass
 class ImportResult:
     imported: list[tuple[str, str]] = field(default_factory=list)  # (file, "library version")
@@ -174,8 +163,7 @@ class Sources:
 
     @classmethod
     def from_settings(cls, settings: Settings, **kw) -> Sources:
-        kw.setdefault("retry", RetryPolicy(attempts=settings.network_retries,
-                                           initial=float(settings.network_retry_delay)))
+        kw.setdefault("retry", RetryPolicy.from_settings(settings))
         return cls(settings.source_cache, settings.source_mirrors, **kw)
 
     # -- cache -----------------------------------------------------------------
@@ -233,16 +221,8 @@ class Sources:
             if not local.is_file():
                 raise _NotFound("no such file")
             return self._store(lambda out: _copy_stream(local.open("rb"), out, None), c, url)
-        retrying = Retrying(
-            stop=stop_after_attempt(max(1, self.retry.attempts)),
-            wait=wait_exponential(multiplier=self.retry.initial, max=self.retry.maximum),
-            retry=retry_if_exception_type(_Transient),
-            reraise=True,
-        )
-        try:
-            return retrying(self._store, lambda out: self._http_get(url, out), c, url)
-        except RetryError as exc:  # pragma: no cover - reraise=True gives the last error instead
-            raise _Transient(str(exc)) from None
+        retrying = self.retry.retrying(lambda exc: isinstance(exc, _Transient))
+        return retrying(self._store, lambda out: self._http_get(url, out), c, url)
 
     def _http_get(self, url: str, out) -> None:
         req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})

@@ -20,7 +20,7 @@ from faultserver import FaultServer
 from registry import local_registry
 
 from conftest import REPO
-from imagefactory.buildah import Buildah, BuildahError, NetworkRetry, StorageOptions
+from imagefactory.buildah import Buildah, BuildahError, StorageOptions
 from imagefactory.sources import RetryPolicy, SourceError, SourcePin, Sources
 
 pytestmark = pytest.mark.faults
@@ -144,7 +144,7 @@ def flaky_registry(tmp_path, store):
 
 def _buildah(store, attempts: int = 3) -> Buildah:
     return Buildah(StorageOptions(str(store.root), str(store.runroot)),
-                   retry=NetworkRetry(attempts=attempts, initial=0.05, maximum=0.2))
+                   retry=RetryPolicy(attempts=attempts, initial=0.05, maximum=0.2))
 
 
 def test_pull_retries_5xx_then_succeeds(flaky_registry):

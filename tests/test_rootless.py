@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import json
 import pwd
@@ -24,41 +23,12 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, SHARED_SOURCES
+from rootless_user import VENV, ensure_user, ensure_venv
 
 pytestmark = [pytest.mark.buildah, pytest.mark.rootless]
 
 USER = "imagefactory-rl"
 NOSUB_USER = "imagefactory-nosub"
-VENV = Path("/var/tmp/imagefactory-rootless-venv")
-DEPS = ["sh>=2.0", "tenacity>=8.2", "pyyaml>=6.0", "rich>=13.0", "pyelftools>=0.31",
-        "cyclonedx-python-lib[validation]>=8.0", "spdx-tools>=0.8.2", "pytest>=8", "pytest-xdist>=3.5"]
-
-
-def _ensure_user(name: str, ranges: bool) -> None:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        extra = [] if ranges else ["-K", "SUB_UID_COUNT=0", "-K", "SUB_GID_COUNT=0"]
-        subprocess.run(["useradd", "-m", "-s", "/bin/bash", *extra, name], check=True, capture_output=True)
-    if ranges:
-        for kind, path in (("subuids", "/etc/subuid"), ("subgids", "/etc/subgid")):
-            if not any(line.startswith(name + ":") for line in Path(path).read_text().splitlines()):
-                subprocess.run(["usermod", f"--add-{kind}", "300000-365535", name], check=True)
-
-
-def _ensure_venv() -> None:
-    """A Python the test user can run (root's own may sit under a 0700 home), with our dependencies."""
-    with open(str(VENV) + ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        probe = [str(VENV / "bin" / "python"), "-c", "import sh, tenacity, yaml, rich, elftools, cyclonedx, pytest"]
-        if VENV.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
-            return
-        shutil.rmtree(VENV, ignore_errors=True)
-        subprocess.run(["/usr/bin/python3", "-m", "venv", str(VENV)], check=True, capture_output=True)
-        subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", *DEPS], check=True, capture_output=True)
-        subprocess.run(["chmod", "-R", "a+rX", str(VENV)], check=True)
-
-
 class AsUser:
     """Runs commands as the test user, with a clean environment and a private work folder."""
 
@@ -103,8 +73,8 @@ def user():
     for tool in ("buildah", "newuidmap", "mmdebstrap", "runuser"):
         if shutil.which(tool) is None and not Path(f"/usr/bin/{tool}").exists():
             pytest.fail(f"{tool} is not installed: run ci/setup")
-    _ensure_user(USER, ranges=True)
-    _ensure_venv()
+    ensure_user(USER)
+    ensure_venv()
     work = Path("/var/tmp") / f"imagefactory-rootless-{uuid.uuid4().hex[:8]}"
     for sub in ("tmp", "run"):
         (work / sub).mkdir(parents=True, mode=0o700)
@@ -132,10 +102,10 @@ def test_doctor_as_an_ordinary_user(user, tmp_path):
 
 
 def test_a_user_without_subordinate_ids_is_told_what_to_fix(tmp_path):
-    _ensure_user(NOSUB_USER, ranges=False)
+    ensure_user(NOSUB_USER, ranges=False)
     for path in ("/etc/subuid", "/etc/subgid"):
         assert not any(line.startswith(NOSUB_USER + ":") for line in Path(path).read_text().splitlines())
-    _ensure_venv()
+    ensure_venv()
     work = Path("/var/tmp") / f"imagefactory-nosub-{uuid.uuid4().hex[:8]}"
     (work / "run").mkdir(parents=True, mode=0o700)
     shutil.chown(work / "run", NOSUB_USER, NOSUB_USER)
