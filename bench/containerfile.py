@@ -47,7 +47,8 @@ if str(_REPO) not in sys.path:  # import imagefactory from the tree this file si
     sys.path.insert(0, str(_REPO))
 
 from imagefactory.buildah import Mount  # noqa: E402
-from imagefactory.plan import FileDigests, Node, Plan, oci_labels, render_steps  # noqa: E402
+from imagefactory.plan import Node, Plan, oci_labels  # noqa: E402
+from imagefactory.prepare import FileDigests  # noqa: E402
 from imagefactory.steps import ConfigCall, CopyCall, HostCall, RunCall  # noqa: E402
 
 HOST_CA_TARGET = "/run/imagefactory/host-ca.crt"
@@ -71,8 +72,7 @@ def stage_alias(name: str) -> str:
 
 
 def containerfile_for(node: Node, plan: Plan, *, from_images: Mapping[str, str],
-                      digests: FileDigests | None = None, image_ids: Mapping[str, str] | None = None,
-                      host_ca: str | None = None, revision: str | None = None, source: str | None = None,
+                      digests: FileDigests | None = None, host_ca: str | None = None, revision: str | None = None, source: str | None = None,
                       created: int | None = None, merge_step_calls: bool = True,
                       env_binary: str = "/usr/bin/env") -> tuple[str, dict[str, Path]]:
     """The Containerfile for ``node`` and the host files to stage into its build context.
@@ -86,7 +86,6 @@ def containerfile_for(node: Node, plan: Plan, *, from_images: Mapping[str, str],
     Returns ``(text, files)``; ``files`` maps context-relative paths to host files or folders.
     """
     digests = digests or FileDigests()
-    image_ids = dict(image_ids or {})
     if node.name in from_images:
         raise ContainerfileError(f"{node.name} is given in from_images; nothing to generate")
     needed = _needed_nodes(node, plan, from_images)
@@ -107,8 +106,7 @@ def containerfile_for(node: Node, plan: Plan, *, from_images: Mapping[str, str],
             ref = parent or "scratch"
             state = _Stage()
         out += ["", f"# --- {n.name}", f"FROM {ref} AS {aliases[n.name]}"]
-        rendered = render_steps(n, plan, image_ids, digests)
-        for i, (_step, r) in enumerate(rendered, 1):
+        for i, r in enumerate((p.rendered for p in n.planned), 1):
             out.append(f"# step {i} ({r.kind}): {_one_line(r.summary)}")
             out += _emit_step(r.calls, state, files, digests, from_images, aliases, host_ca,
                               merge_step_calls, env_binary, n.name)
@@ -227,9 +225,9 @@ def _stage(path: Path, kind: str, files: dict[str, Path], digests: FileDigests) 
 
 def _emit_copy(call: CopyCall, files: dict[str, Path], digests: FileDigests, from_images, aliases) -> str:
     flags = []
-    if call.from_image:
-        label = call.from_label or ""
-        src_ref = from_images.get(label) or aliases.get(label) or call.from_image
+    if call.from_stage:
+        label = call.from_stage
+        src_ref = from_images.get(label) or aliases.get(label) or label
         flags.append(f"--from={src_ref}")
         sources = list(call.sources)
     else:
@@ -330,16 +328,16 @@ def write_context(target: str, out_dir: Path, settings=None, *, from_images: Map
     """Plan ``target``, write ``Containerfile`` + staged files into ``out_dir``; return the Containerfile."""
     from imagefactory import config
     from imagefactory.plan import build_plan
-    from imagefactory.recipe import REGISTRY, load_recipes
+    from imagefactory.recipe import CATALOGUE
+    from imagefactory.loader import load_recipes
 
     settings = settings or config.load()
     load_recipes(settings.recipe_paths)
     plan = build_plan([target], settings)
-    node = plan.node(REGISTRY.get(target))
+    node = plan.node(CATALOGUE.get(target))
     if from_images is None:
         from_images = {n.name: n.recipe.image_ref() for n in plan.nodes if n.recipe.platform_name}
-    revision, source = _git_facts(plan)
-    host_ca = settings.host_ca_bundle if settings.trust_host_ca and Path(settings.host_ca_bundle).is_file() else None
+    revision, source, host_ca = plan.facts.revision, plan.facts.source, plan.facts.host_ca
     text, files = containerfile_for(node, plan, from_images=from_images, host_ca=host_ca, revision=revision,
                                     source=source, created=created)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -347,18 +345,6 @@ def write_context(target: str, out_dir: Path, settings=None, *, from_images: Map
     path = out_dir / "Containerfile"
     path.write_text(text)
     return path
-
-
-def _git_facts(plan: Plan) -> tuple[str | None, str | None]:
-    """The revision/source labels the executor uses (the helper moved between engine versions)."""
-    from imagefactory import plan as plan_mod
-
-    fn = getattr(plan_mod, "git_facts", None)
-    if fn is None:
-        from imagefactory import execute
-
-        fn = getattr(execute, "_git_facts", None)
-    return fn(plan) if fn else (None, None)
 
 
 def main(argv: list[str] | None = None) -> int:

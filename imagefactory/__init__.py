@@ -9,7 +9,8 @@ from .buildah import Buildah, BuildahError, Mount, StorageOptions
 from .config import ConfigError, Settings, load as load_settings
 from .execute import BuildFailed, BuildReport, Executor
 from .plan import Plan, PlanError, build_plan
-from .recipe import REGISTRY, Recipe, RecipeError, Runtime, load_recipes
+from .recipe import CATALOGUE, Recipe, RecipeError, Runtime
+from .loader import load_recipes
 from .steps import (AddUser, Cmd, Config, Copy, CopyFrom, Entrypoint, Env, Expose, Healthcheck, Install, Label,
                     Run, Secret, Step, User, Volume, Workdir)
 
@@ -18,6 +19,6 @@ __version__ = "0.1.0"
 __all__ = [
     "AddUser", "BuildFailed", "BuildReport", "Buildah", "BuildahError", "Cmd", "Config", "ConfigError", "Copy",
     "CopyFrom", "Entrypoint", "Env", "Executor", "Expose", "Healthcheck", "Install", "Label", "Mount", "Plan",
-    "PlanError", "REGISTRY", "Recipe", "RecipeError", "Run", "Secret", "Runtime", "Settings", "Step", "StorageOptions", "User",
+    "PlanError", "CATALOGUE", "Recipe", "RecipeError", "Run", "Secret", "Runtime", "Settings", "Step", "StorageOptions", "User",
     "Volume", "Workdir", "build_plan", "load_recipes", "load_settings",
 ]

@@ -24,6 +24,7 @@ import sh
 
 from ._process import die_with_parent, pid_alive
 from .retry import RetryPolicy
+from .storage import StorageOptions
 
 CONTAINER_PREFIX = "imagefactory-"
 TEMP_IMAGE_REPO = "localhost/imagefactory-tmp"
@@ -50,32 +51,6 @@ class BuildahError(RuntimeError):
 
 class Cancelled(RuntimeError):
     """The build was interrupted (Ctrl-C / SIGTERM); raised instead of a buildah error."""
-
-
-@dataclass(frozen=True)
-class StorageOptions:
-    """Where buildah keeps images, and how it isolates RUN steps."""
-
-    root: str | None = None
-    runroot: str | None = None
-    driver: str | None = None
-    isolation: str = "chroot"
-    driver_options: tuple[str, ...] = ()  # --storage-opt, e.g. overlay.mount_program=... (fuse-overlayfs)
-    # buildah's scratch space (layer blobs during commit); per process below this folder, so
-    # what a killed commit leaves is found and removed by the next run. None: $TMPDIR.
-    tmp_root: str | None = None
-
-    def global_args(self) -> list[str]:
-        args: list[str] = []
-        if self.root:
-            args += ["--root", self.root]
-        if self.runroot:
-            args += ["--runroot", self.runroot]
-        if self.driver:
-            args += ["--storage-driver", self.driver]
-        for opt in self.driver_options:
-            args += ["--storage-opt", opt]
-        return args
 
 
 @dataclass(frozen=True)
@@ -136,7 +111,7 @@ class Buildah:
 
     def __init__(self, storage: StorageOptions | None = None, binary: str = "buildah",
                  retry: RetryPolicy | None = None):
-        self.storage = _with_rootless_driver(storage or StorageOptions())
+        self.storage = (storage or StorageOptions()).resolved()
         self.binary = binary
         self.retry = retry or RetryPolicy()
         self.counters = _Counters()
@@ -577,19 +552,6 @@ def _clean_env() -> dict[str, str]:
     if not runtime_dir_ok():
         env.pop("XDG_RUNTIME_DIR", None)  # buildah refuses a runtime dir the user does not own
     return env
-
-
-def _with_rootless_driver(storage: StorageOptions) -> StorageOptions:
-    """An ordinary user's store gets the driver imagefactory picks (see rootless.choose_driver):
-    buildah alone would default to vfs and show an overlay store as empty."""
-    from dataclasses import replace
-
-    from . import rootless
-
-    if storage.driver or not rootless.is_rootless():
-        return storage
-    choice = rootless.choose_driver(storage.root)
-    return replace(storage, driver=choice.driver, driver_options=choice.options)
 
 
 REDACTED = "[secret]"

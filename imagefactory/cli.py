@@ -21,7 +21,9 @@ from . import config as config_mod
 from . import rootless
 from .buildah import Buildah, BuildahError, Cancelled
 from .config import ConfigError, Settings
-from .recipe import RecipeError, load_recipes
+from .recipe import RecipeError
+from .loader import load_recipes
+from .platforms import PLATFORMS
 
 # CI logs are not terminals: give tables room instead of rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -52,7 +54,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--runroot", help="buildah run root matching --root")
     g.add_argument("--storage-driver", dest="storage_driver", help="e.g. overlay, vfs")
     g.add_argument("--isolation", help="chroot (default), oci, rootless")
-    g.add_argument("--platform", help="debian (default) or ubi9")
+    g.add_argument("--platform", help=f"one of {', '.join(PLATFORMS)} (default debian)")
     g.add_argument("--config", help="settings file (default: ./imagefactory.yaml)")
     g.add_argument("--set", dest="set_values", action="append", default=[], metavar="KEY=VALUE",
                    help="recipe value, e.g. s4.context=PATH (repeatable)")
@@ -84,7 +86,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         values[k] = v
     if values:
         overrides["values"] = values
-    return config_mod.load(getattr(args, "config", None), overrides=overrides)
+    return config_mod.load(getattr(args, "config", None), overrides=overrides, platforms=tuple(PLATFORMS))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             rootless.reexec_in_userns(settings.storage.global_args(), sys.argv[1:] if argv is None else argv)
         load_recipes(settings.recipe_paths)
         code = handler(args, settings)
-    except (ConfigError, RecipeError) as exc:
+    except (ConfigError, RecipeError, rootless.RootlessError) as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
         code = EXIT_USAGE
     except (KeyboardInterrupt, Cancelled):

@@ -14,8 +14,7 @@ from typing import Any
 
 import yaml
 
-from . import rootless
-from .buildah import StorageOptions
+from .storage import StorageOptions
 
 ENV_PREFIX = "IMAGEFACTORY_"
 CONFIG_FILENAMES = ("imagefactory.yaml", ".imagefactory.yaml")
@@ -71,12 +70,8 @@ class Settings:
     @property
     def storage(self) -> StorageOptions:
         tmp = Path(self.state_dir) / self.storage_key() / "tmp"
-        driver, options = self.storage_driver, ()
-        if driver is None and rootless.is_rootless():
-            choice = rootless.choose_driver(self.root)
-            driver, options = choice.driver, choice.options
-        return StorageOptions(self.root, self.runroot, driver, self.isolation, driver_options=options,
-                              tmp_root=str(tmp))
+        return StorageOptions(self.root, self.runroot, self.storage_driver, self.isolation,
+                              tmp_root=str(tmp)).resolved()
 
     def value(self, key: str, default: str | None = None) -> str | None:
         return self.values.get(key, default)
@@ -157,8 +152,12 @@ def find_config_file(explicit: str | None = None) -> Path | None:
 
 
 def load(config_file: str | None = None, env: dict[str, str] | None = None,
-         overrides: dict[str, Any] | None = None) -> Settings:
-    """Merge the layers; later layers win field by field (values merge key by key)."""
+         overrides: dict[str, Any] | None = None, platforms: tuple[str, ...] = ()) -> Settings:
+    """Merge the layers; later layers win field by field (values merge key by key).
+
+    ``platforms``: the known platform names (the CLI passes imagefactory.platforms.PLATFORMS), so a
+    typo is reported with the file or variable it came from; without it, planning reports it.
+    """
     env = os.environ if env is None else env
     settings = Settings()
     path = find_config_file(config_file)
@@ -176,11 +175,11 @@ def load(config_file: str | None = None, env: dict[str, str] | None = None,
         from_env["source_date_epoch"] = env["SOURCE_DATE_EPOCH"]
     _apply(settings, from_env, "environment")
     _apply(settings, {k: v for k, v in (overrides or {}).items() if v is not None}, "command line")
-    _validate(settings)
+    _validate(settings, platforms)
     return settings
 
 
-CHOICES = {"isolation": ("chroot", "oci", "rootless"), "platform": ("debian", "ubi9")}
+CHOICES = {"isolation": ("chroot", "oci", "rootless")}
 
 
 def _read_config_file(path: Path) -> tuple[dict, dict[str, int]]:
@@ -201,8 +200,8 @@ def _read_config_file(path: Path) -> tuple[dict, dict[str, int]]:
     return data, lines
 
 
-def _validate(settings: Settings) -> None:
-    for name, allowed in CHOICES.items():
+def _validate(settings: Settings, platforms: tuple[str, ...] = ()) -> None:
+    for name, allowed in {**CHOICES, **({"platform": platforms} if platforms else {})}.items():
         value = getattr(settings, name)
         if value not in allowed:
             raise ConfigError(f"{settings.origin.get(name, 'default')}: setting {name!r} is {value!r}; "

@@ -1,8 +1,9 @@
-"""Run a plan: cache lookups, working containers, commits, tags, parallel images, cleanup.
+"""Apply a plan: follow the cache walk's decisions with working containers, commits and tags.
 
-The executor is the only caller of the buildah wrapper during a build. A no-op
-rebuild costs one listing of the store plus hashing the inputs: every step's key
-is found among the cache tags and no container is started.
+The executor is the only caller of the buildah wrapper during a build. It does not decide
+what is cached: :func:`imagefactory.walk.walk` does, for `plan` and `build` alike; the executor
+runs what the walk says must run and sends back the IDs it commits. A no-op rebuild costs one
+listing of the store: every key is found among the cache tags and no container is started.
 """
 
 from __future__ import annotations
@@ -20,15 +21,15 @@ from pathlib import Path
 
 import sh
 
-from .buildah import Buildah, BuildahError, Cancelled, Container, ImageRecord, Mount, tail_of
 from . import preflight
+from .buildah import Buildah, BuildahError, Cancelled, Container, ImageRecord, Mount, tail_of
 from .config import Settings
 from .locks import StoreLocks
+from .plan import FinalCommit, Layer, Node, Plan
 from .retry import RetryPolicy
-from .plan import (FileDigests, Node, Plan, cache_ref, final_commits, git_facts, group_steps, image_format_of,
-                   render_steps, step_key)
 from .secrets import Secrets
-from .steps import ConfigCall, CopyCall, HostCall, Rendered, RunCall, Step
+from .steps import HOST_ACTIONS, ConfigCall, CopyCall, HostCall, RunCall
+from .walk import SCRATCH, Decision, FirstFound, Found, NoCache, Provider, cache_ref, walk
 
 HOST_CA_TARGET = "/run/imagefactory/host-ca.crt"
 HOST_CA_ENV = ("SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS", "PIP_CERT", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
@@ -53,6 +54,7 @@ class StepRecord:
     key: str
     status: str  # hit | run | final-hit | final
     seconds: float = 0.0
+    source: str = "build"  # where a hit came from: local | registry (build for steps that ran)
 
 
 @dataclass
@@ -116,16 +118,15 @@ class Executor:
         self.settings = settings
         self.buildah = buildah or Buildah(settings.storage, retry=RetryPolicy.from_settings(settings))
         self.reporter = reporter or NullReporter()
-        self.digests = FileDigests(settings.state_path() / "file-digests.json")
         stamp = time.strftime("%Y%m%d-%H%M%S")
         self.log_root = Path(settings.log_dir) / f"{stamp}-{os.getpid()}"
         self._index: dict[str, str] = {}
         self._records: dict[str, ImageRecord] = {}
         self._image_ids: dict[str, str] = {}
         self._lock = threading.Lock()
-        self._revision: str | None = None
-        self._source: str | None = None
+        self._host_ca: str | None = None
         self._reaped = False
+        self.remote: Provider | None = None  # a registry cache, tried after the local store
         self._platform = None
         self._notes: list[str] = []
         self._interrupted = 0  # signal number, set by the handler (see _interrupts_as_flag)
@@ -135,19 +136,16 @@ class Executor:
     # -- public ---------------------------------------------------------------
     def execute(self, plan: Plan) -> BuildReport:
         started = time.monotonic()
-        preflight.check(plan, self.digests, self.secrets)
+        preflight.check(plan, self.secrets)
         self._platform = plan.platform
+        self._host_ca = plan.facts.host_ca if plan.facts else None
         purpose = "build " + " ".join(n.name for n in plan.nodes)
         with self.locks.store(purpose, exclusive=False, note=self._note), _interrupts_as_flag(self):
             self._load_index()
-            self._revision, self._source = git_facts(plan)
             self.reporter.start(plan)
             results = {n.name: ImageResult(n.name, n.recipe.target_name(), n.recipe.image_ref(),
                                            size_budget_mb=n.recipe.size_budget_mb) for n in plan.nodes}
-            try:
-                self._run_graph(plan, results)
-            finally:
-                self.digests.save()
+            self._run_graph(plan, results)
             if self._interrupted:
                 raise KeyboardInterrupt
             self._fill_sizes(results)
@@ -216,114 +214,134 @@ class Executor:
         started = time.monotonic()
         parent_id = self._parent_image_id(node)
         with self._lock:
-            ids = dict(self._image_ids)
-        rendered = render_steps(node, plan, ids, self.digests)
-        groups, trailing = group_steps(rendered)
-        image_format = image_format_of(plan, node)
-        total = len(rendered) + (1 if node.leaf else 2) - len(trailing)
-        self.reporter.image_started(node, total)
-        current = parent_id
-        chain = parent_id or "scratch"
-        index = 0
-        gi = 0
-        # cache walk: no buildah calls at all while everything hits
-        for gi, group in enumerate(groups):
-            key = _group_key(chain, group)
-            hit = None if self.settings.no_cache else self._lookup(key)
-            if hit is None:
-                break
-            for step, r in group:
-                index += 1
-                rec = StepRecord(index, r.kind, r.summary, key, "hit")
-                result.steps.append(rec)
-                result.hits += 1
-                self.reporter.step(node, rec, total, running=False)
-            current = chain = hit
-        else:
-            gi = len(groups)
-        for group in groups[gi:]:
-            key = _group_key(chain, group)
-            t0 = time.monotonic()
-            with self._container(current, node) as ctr:
-                for step, r in group:
-                    index += 1
-                    rec = StepRecord(index, r.kind, r.summary, key, "run")
-                    self.reporter.step(node, rec, total, running=True)
-                    s0 = time.monotonic()
-                    self._apply(node, index, step, r, ctr)
-                    rec.seconds = time.monotonic() - s0
-                    result.steps.append(rec)
-                    result.misses += 1
-                    self.reporter.step(node, rec, total, running=False)
-                new_id = self._commit(ctr, node, index, key, squash=False, image_format=image_format)
-            result.steps[-1].seconds = time.monotonic() - t0 if len(group) == 1 else result.steps[-1].seconds
-            current = chain = new_id
-        # finish: trailing config + labels (see plan.final_commits for why there may be two commits)
-        base_for_children = None
-        for fc in final_commits(node, plan, trailing, self._revision, self._source, image_format):
-            key = step_key(chain, fc.rendered)
-            hit = None if self.settings.no_cache else self._lookup(key)
-            index += 1
-            rec = StepRecord(index, "final", fc.rendered.summary, key, "final-hit" if hit else "final")
-            if hit:
-                new_id = hit
-                result.hits += 1
-            else:
-                self.reporter.step(node, rec, total, running=True)
-                s0 = time.monotonic()
-                with self._container(current, node) as ctr:
-                    for call in fc.calls:
-                        self._call(node, index, "config", call, ctr, None)
-                    ctr.config(fc.label_args)
-                    new_id = self._commit(ctr, node, index, key, squash=fc.squash, image_format=image_format,
-                                          final=True)
-                rec.seconds = time.monotonic() - s0
-                result.misses += 1
-            result.steps.append(rec)
-            self.reporter.step(node, rec, total, running=False)
-            current = chain = new_id
-            if fc.feeds_children:
-                base_for_children = new_id
-        final_id = current
+            stage_ids = {d.name: self._image_ids[d.name] for d in node.deps if d.name in self._image_ids}
+        self.reporter.image_started(node, node.total_steps)
+        steps = walk(node, parent_id or SCRATCH, stage_ids, self._provider())
+        last: Found | None = None  # the newest hit, pulled from a registry only if something builds on it
+        for_children = None
+        reply: str | None = None
+        try:
+            while True:
+                decision = steps.send(reply)
+                if decision.hit:
+                    self._record_hit(node, decision, result)
+                    last, reply = decision.found, None
+                    continue
+                base = self._local(last, node) if last else decision.base
+                last = None
+                reply = self._run(node, decision, base, stage_ids, result)
+        except StopIteration as done:
+            for_children = done.value
+        final_id = self._local(last, node) if last else reply
         ref = node.recipe.image_ref()
         if self._index.get(ref) != final_id:
             self.buildah.tag(final_id, ref)
             with self._lock:
                 self._index[ref] = final_id
         with self._lock:
-            self._image_ids[node.name] = base_for_children or final_id
+            self._image_ids[node.name] = for_children or final_id
         result.image_id = final_id
         result.seconds = time.monotonic() - started
         result.status = "built" if result.misses else "cached"
         self.reporter.image_done(result)
 
-    def _apply(self, node: Node, index: int, step: Step, rendered: Rendered, ctr: Container) -> None:
-        log = self.log_root / node.name / f"{index:02d}-{rendered.kind}.log"
-        for call in rendered.calls:
-            self._call(node, index, rendered.summary, call, ctr, log)
+    def _provider(self) -> Provider:
+        if self.settings.no_cache:
+            return NoCache()
+        local = _LiveIndex(self)
+        return FirstFound(local, self.remote) if self.remote else local
 
-    def _call(self, node: Node, index: int, summary: str, call, ctr: Container, log: Path | None) -> None:
+    def _local(self, found: Found, node: Node) -> str:
+        """The found image in the local store: a registry hit is pulled now, because something needs it."""
+        if found.where == "local":
+            return found.image_id
+        fetch = getattr(self.remote, "fetch", None)
+        if fetch is None:  # pragma: no cover - a provider that finds remote images must fetch them
+            raise RuntimeError(f"{found.ref} was found in {found.where} but cannot be fetched")
+        image_id = fetch(found, self.buildah, self.log_root / node.name / "pull.log")
+        with self._lock:
+            self._index[found.ref] = image_id
+        return image_id
+
+    def _record_hit(self, node: Node, decision: Decision, result: ImageResult) -> None:
+        total = node.total_steps
+        if decision.is_final:
+            rec = StepRecord(decision.unit.index, "final", decision.unit.rendered.summary, decision.key, "final-hit",
+                             source=decision.source)
+            result.steps.append(rec)
+            result.hits += 1
+            self.reporter.step(node, rec, total, running=False)
+            return
+        for p in decision.unit.steps:
+            rec = StepRecord(p.index, p.rendered.kind, p.rendered.summary, decision.key, "hit", source=decision.source)
+            result.steps.append(rec)
+            result.hits += 1
+            self.reporter.step(node, rec, total, running=False)
+
+    def _run(self, node: Node, decision: Decision, base: str, stage_ids: dict[str, str],
+             result: ImageResult) -> str:
+        """Build one layer or final commit on ``base``; returns the committed image ID."""
+        total = node.total_steps
+        image = None if base == SCRATCH else base
+        t0 = time.monotonic()
+        if decision.is_final:
+            fc: FinalCommit = decision.unit
+            rec = StepRecord(fc.index, "final", fc.rendered.summary, decision.key, "final")
+            self.reporter.step(node, rec, total, running=True)
+            with self._container(image, node) as ctr:
+                for call in fc.calls:
+                    self._call(node, fc.index, "config", call, ctr, None, stage_ids)
+                ctr.config(list(fc.label_args))
+                new_id = self._commit(ctr, node, fc.index, decision.key, squash=fc.squash,
+                                      image_format=node.image_format, final=True)
+            rec.seconds = time.monotonic() - t0
+            result.misses += 1
+            result.steps.append(rec)
+            self.reporter.step(node, rec, total, running=False)
+            return new_id
+        layer: Layer = decision.unit
+        with self._container(image, node) as ctr:
+            for p in layer.steps:
+                rec = StepRecord(p.index, p.rendered.kind, p.rendered.summary, decision.key, "run")
+                self.reporter.step(node, rec, total, running=True)
+                s0 = time.monotonic()
+                log = self.log_root / node.name / f"{p.index:02d}-{p.rendered.kind}.log"
+                for call in p.rendered.calls:
+                    self._call(node, p.index, p.rendered.summary, call, ctr, log, stage_ids)
+                rec.seconds = time.monotonic() - s0
+                result.steps.append(rec)
+                result.misses += 1
+                self.reporter.step(node, rec, total, running=False)
+            new_id = self._commit(ctr, node, layer.steps[-1].index, decision.key, squash=False,
+                                  image_format=node.image_format)
+        if len(layer.steps) == 1:
+            result.steps[-1].seconds = time.monotonic() - t0
+        return new_id
+
+    def _call(self, node: Node, index: int, summary: str, call, ctr: Container, log: Path | None,
+              stage_ids: dict[str, str]) -> None:
         try:
             if isinstance(call, RunCall):
                 env = dict(call.env)
                 mounts = list(call.mounts)
-                if self._host_ca():
-                    mounts.append(Mount(target=HOST_CA_TARGET, source=self._host_ca()))
+                if self._host_ca:
+                    mounts.append(Mount(target=HOST_CA_TARGET, source=self._host_ca))
                     env.update({k: HOST_CA_TARGET for k in HOST_CA_ENV})
                 with self.secrets.mounts(call.secrets) as secret_mounts:
                     ctr.run(list(call.argv), env=env, user=call.user, workdir=call.workdir,
                             mounts=mounts + secret_mounts, network=call.network, log=log,
                             redactions=self.secrets.redactions())
             elif isinstance(call, CopyCall):
+                from_image = stage_ids[call.from_stage] if call.from_stage else None
                 ctr.copy(list(call.sources), call.dest, chown=call.chown, chmod=call.chmod,
-                         from_image=call.from_image, log=log)
+                         from_image=from_image, log=log)
             elif isinstance(call, ConfigCall):
                 ctr.config(list(call.args))
             elif isinstance(call, HostCall):
                 log = log or self.log_root / node.name / f"{index:02d}-host.log"
                 log.parent.mkdir(parents=True, exist_ok=True)
                 try:
-                    call.action(ctr, log)
+                    HOST_ACTIONS[call.action](call, ctr, log, self.settings)
                 except sh.ErrorReturnCode as exc:
                     raise BuildahError([call.description], exc.exit_code, tail_of(log), log) from None
             else:  # pragma: no cover
@@ -340,10 +358,6 @@ class Executor:
         if full:
             return full
         return self._platform.diagnose(tail, self.settings) if self._platform else None
-
-    def _host_ca(self) -> str | None:
-        path = self.settings.host_ca_bundle
-        return path if self.settings.trust_host_ca and path and Path(path).is_file() else None
 
     @contextmanager
     def _container(self, image: str | None, node: Node):
@@ -394,10 +408,6 @@ class Executor:
                 self._records[rec.id] = rec
                 for name in rec.names:
                     self._index[name] = rec.id
-
-    def _lookup(self, key: str) -> str | None:
-        with self._lock:
-            return self._index.get(cache_ref(key))
 
     def _parent_image_id(self, node: Node) -> str | None:
         parent = node.parent
@@ -471,13 +481,6 @@ def store_disk_full(settings: Settings, min_free: int = 100_000_000) -> str | No
     return None
 
 
-def _group_key(chain: str, group: list[tuple[Step, Rendered]]) -> str:
-    key = chain
-    for _, r in group:
-        key = step_key(key, r)
-    return key
-
-
 @contextmanager
 def _interrupts_as_flag(executor: Executor):
     """SIGINT and SIGTERM only set a flag; the scheduling loop turns it into KeyboardInterrupt.
@@ -501,6 +504,19 @@ def _interrupts_as_flag(executor: Executor):
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+class _LiveIndex:
+    """The executor's view of its store: the listing read at start plus what this run committed."""
+
+    def __init__(self, executor: Executor):
+        self.executor = executor
+
+    def find(self, key: str) -> Found | None:
+        ref = cache_ref(key)
+        with self.executor._lock:
+            image_id = self.executor._index.get(ref)
+        return Found(image_id, "local", ref) if image_id else None
 
 
 __all__ = ["BuildFailed", "BuildReport", "Cancelled", "Executor", "ImageResult", "NullReporter", "StepRecord"]

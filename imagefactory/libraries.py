@@ -14,8 +14,8 @@
    ``/usr/local/share/imagefactory/manifest.json`` (schema 1, read by ``sbom`` and ``verify``),
    runs ``ldconfig`` and removes the sources.
 
-Rendering fetches (cache first, so a warm cache needs no network) and verifies the archive:
-the step's cache key covers the archive's sha256, each patch's bytes and the profile's flags.
+Preparing fetches (cache first, so a warm cache needs no network) and verifies the archive and
+checks that the patches apply; rendering is pure. The step's cache key covers the archive's sha256, each patch's bytes and the profile's flags.
 Build dependencies are the recipe's job: ``Install(*BUILD_DEPS)`` before the first library.
 """
 
@@ -23,17 +23,14 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from .buildah import Mount
 from .sources import FetchedArchive, SourceError, SourcePin, Sources
-from .steps import Rendered, RunCall, Step, StepError
+from .steps import PrepareContext, RenderContext, Rendered, RunCall, Step, StepError
 from .toolchain import Profile
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .plan import RenderContext
 
 PREFIX = "/usr/local"
 SRC_MOUNT = "/run/imagefactory/src"
@@ -139,18 +136,26 @@ class BuildLibrary(Step):
     profile: Profile
     kind: ClassVar[str] = "library"
     _sources: Sources | None = field(default=None, repr=False, compare=False)
+    # filled in by prepare(): the verified archive and each patch with its sha256
+    archive: FetchedArchive | None = field(default=None, repr=False)
+    patch_digests: tuple[tuple[Path, str], ...] = field(default=(), repr=False)
 
-    def render(self, ctx: RenderContext) -> Rendered:
-        from .plan import PlanError
-
-        sources = self._sources or Sources.from_settings(ctx.settings, digest=ctx.digests.file)
+    def prepare(self, ctx: PrepareContext) -> BuildLibrary:
+        """Fetch (cache first, so a warm cache needs no network) and verify the archive; check the patches."""
+        sources = self._sources or Sources.from_settings(ctx.settings, digest=ctx.file_digest)
         try:
             archive = sources.fetch(self.spec.pin)
         except SourceError as exc:  # reported like a missing Copy() input: names the recipe, no traceback
-            raise PlanError(f"recipe {ctx.recipe.name!r}: {exc}") from None
-        patches = [(p, ctx.digests.file(p)) for p in self.spec.patches()]
+            raise StepError(f"recipe {ctx.recipe.name!r}: {exc}") from None
+        patches = tuple((p, ctx.file_digest(p)) for p in self.spec.patches())
         if patches:
-            check_patches_apply(ctx, self.spec, archive, patches)
+            check_patches_apply(ctx, self.spec, archive, list(patches))
+        return replace(self, archive=archive, patch_digests=patches)
+
+    def render(self, ctx: RenderContext) -> Rendered:
+        archive, patches = self.archive, self.patch_digests
+        if archive is None:
+            raise ctx.fail(f"BuildLibrary({self.spec.name}) was rendered before it was prepared")
         profile = self.spec.profile_for(self.profile)
         script = build_script(self.spec, archive, [(p.name, sha) for p, sha in patches], profile)
         mounts = [Mount(target=SRC_MOUNT, source=str(archive.folder), type="bind", readonly=True)]
@@ -187,7 +192,8 @@ def manifest_entry(spec: LibrarySpec, archive: FetchedArchive, patches: list[tup
     }
 
 
-def check_patches_apply(ctx, spec: LibrarySpec, archive: FetchedArchive, patches: list[tuple[Path, str]]) -> None:
+def check_patches_apply(ctx: PrepareContext, spec: LibrarySpec, archive: FetchedArchive,
+                        patches: list[tuple[Path, str]]) -> None:
     """Apply the patches to a scratch copy of the tree on the host, once per (archive, patches).
 
     A patch that no longer applies (a rebased upstream, a hand-edited hunk) is reported
@@ -199,8 +205,6 @@ def check_patches_apply(ctx, spec: LibrarySpec, archive: FetchedArchive, patches
     import subprocess
     import tarfile
     import tempfile
-
-    from .plan import PlanError
 
     memo_key = hashlib.sha256("\n".join([archive.sha256, *(sha for _, sha in patches)]).encode()).hexdigest()
     memo = Path(ctx.settings.state_dir) / "patch-checks" / memo_key
@@ -224,7 +228,7 @@ def check_patches_apply(ctx, spec: LibrarySpec, archive: FetchedArchive, patches
                           or "malformed" in line.lower() or "Reversed" in line or "Only garbage" in line]
                 current = next((line for line in output if line.startswith("patching file")), "")
                 detail = "; ".join(dict.fromkeys([current, *failed] if failed else output[-3:]))
-                raise PlanError(f"recipe {getattr(ctx.recipe, 'name', ctx.recipe.__name__)!r}: patch {patch} does not apply to "
+                raise StepError(f"recipe {getattr(ctx.recipe, 'name', ctx.recipe.__name__)!r}: patch {patch} does not apply to "
                                 f"{spec.name} {spec.version} ({archive.filename}): {detail}. "
                                 f"Regenerate it against the {archive.tree_root} tree (see patches/README.md)")
     memo.parent.mkdir(parents=True, exist_ok=True)

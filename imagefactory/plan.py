@@ -1,112 +1,88 @@
-"""From targets to a DAG of images, and from steps to cache keys.
+"""From targets to a plan: a finished value holding every image's steps, each rendered once.
 
-Nothing here runs buildah: planning, rendering and keys are pure functions of the
-recipes, the settings, the input files' bytes and (when known) parent image IDs.
+Three phases, each handing the next a value:
+
+1. :func:`resolve_graph` asks each recipe for its ``steps()`` (once) and builds the DAG of
+   images (parents, stages a ``CopyFrom`` names), refusing cycles and unknown names;
+2. :func:`prepare` resolves what needs I/O (sources, patches, file digests, host facts);
+3. :func:`render` turns every prepared step into calls + key material (pure), groups them into
+   layers (one commit each) and says how each image is finished (config, labels, squash).
+
+Nothing here talks to buildah or knows image IDs: cache keys chain on image IDs, so they are
+computed by :func:`imagefactory.walk.walk` while it meets them.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
-import json
-import os
-import stat
-import threading
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .config import Settings
 from .platforms import Platform, get_platform
-from .recipe import REGISTRY, Recipe, RecipeError
-from .steps import Rendered, Step
-
-CACHE_REPO = "localhost/imagefactory-cache"
-KEY_VERSION = "imagefactory-cache-v1"
+from .prepare import FileDigests, HostFacts, host_facts, prepare_steps
+from .recipe import CATALOGUE, Recipe, RecipeError
+from .steps import ConfigCall, CopyFrom, RenderContext, Rendered, Step, StepError
 
 
 class PlanError(RecipeError):
-    """The targets cannot be planned: unknown parent, cycle, bad stage reference."""
+    """The targets cannot be planned: unknown parent, cycle, bad stage reference, unresolvable input."""
 
 
-def cache_ref(key: str) -> str:
-    return f"{CACHE_REPO}:{key[:40]}"
+@dataclass(frozen=True)
+class PlannedStep:
+    index: int  # 1-based position in its image
+    step: Step
+    rendered: Rendered
 
 
-def step_key(parent: str, rendered: Rendered) -> str:
-    """Key = hash(parent image ID or key, the fully rendered step, the digests of its inputs)."""
-    h = hashlib.sha256()
-    h.update(KEY_VERSION.encode() + b"\n" + parent.encode() + b"\n" + rendered.key_material().encode())
-    return h.hexdigest()
+@dataclass(frozen=True)
+class Layer:
+    """Steps run in one working container and committed together: one cache entry."""
+
+    steps: tuple[PlannedStep, ...]
+
+    @property
+    def first(self) -> int:
+        return self.steps[0].index
+
+    @property
+    def stages(self) -> list[str]:
+        return [s for p in self.steps for s in p.rendered.stages]
 
 
-# --- file digests: bytes, not mtimes; memoised by stat so unchanged files are not re-read ------------
-class FileDigests:
-    def __init__(self, memo_path: Path | None = None):
-        self.memo_path = memo_path
-        self._memo: dict[str, list] = {}
-        self._lock = threading.Lock()
-        self._dirty = False
-        if memo_path and memo_path.is_file():
-            try:
-                self._memo = json.loads(memo_path.read_text())
-            except (OSError, ValueError):
-                self._memo = {}
+@dataclass(frozen=True)
+class FinalCommit:
+    """One of the commits that finish an image: config + labels, squashed for leaves."""
 
-    def file(self, path: Path) -> str:
-        st = path.stat()
-        sig = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode]
-        key = str(path)
-        with self._lock:
-            hit = self._memo.get(key)
-            if hit and hit[0] == sig:
-                return hit[1]
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        digest = h.hexdigest()
-        with self._lock:
-            self._memo[key] = [sig, digest]
-            self._dirty = True
-        return digest
+    index: int
+    rendered: Rendered  # what is keyed
+    trailing: tuple[PlannedStep, ...]  # config-only steps after the last layer, applied here
+    label_args: tuple[str, ...]  # labels actually applied
+    squash: bool
+    feeds_children: bool  # child recipes build FROM this commit
 
-    def tree(self, path: Path) -> str:
-        """Digest of a file or folder: relative names, the executable bit, symlink targets and bytes."""
-        if not path.exists() and not path.is_symlink():
-            raise FileNotFoundError(path)
-        if path.is_file():
-            mode = "x" if path.stat().st_mode & stat.S_IXUSR else "-"
-            return hashlib.sha256(f"{mode}:{self.file(path)}".encode()).hexdigest()
-        h = hashlib.sha256()
-        for root, dirs, files in os.walk(path):
-            dirs[:] = sorted(d for d in dirs if d not in ("node_modules", "__pycache__", ".git"))
-            for name in sorted(files):
-                p = Path(root, name)
-                rel = p.relative_to(path).as_posix()
-                if p.is_symlink():
-                    h.update(f"L {rel} {os.readlink(p)}\n".encode())
-                else:
-                    mode = "x" if p.stat().st_mode & stat.S_IXUSR else "-"
-                    h.update(f"F {rel} {mode} {self.file(p)}\n".encode())
-        return h.hexdigest()
-
-    def save(self) -> None:
-        if self.memo_path and self._dirty:
-            tmp = self.memo_path.with_name(f".{self.memo_path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self._memo))
-            tmp.replace(self.memo_path)
-            self._dirty = False
+    @property
+    def calls(self) -> list:
+        return [c for p in self.trailing for c in p.rendered.calls]
 
 
-# --- the graph ----------------------------------------------------------------
 @dataclass
 class Node:
+    """One image of the plan."""
+
     recipe: type[Recipe]
     parent: type[Recipe] | str | None  # recipe, external image ref, or scratch
     deps: list[type[Recipe]] = field(default_factory=list)  # parent recipe + stages it copies from
+    steps: list[Step] = field(default_factory=list)  # the recipe's own steps (prepared after `prepare`)
     leaf: bool = False  # no recipe builds FROM it
     shipped: bool = True  # a target users run (not a base or a stage)
+    base_variant: str | None = None
+    layers: list[Layer] = field(default_factory=list)  # filled by render()
+    finals: list[FinalCommit] = field(default_factory=list)
+    image_format: str = "oci"
 
     @property
     def name(self) -> str:
@@ -117,6 +93,15 @@ class Node:
         """Shipped leaf images are squashed unless the recipe says otherwise; stages and bases never need it."""
         return self.recipe.squash if self.recipe.squash is not None else (self.leaf and self.shipped)
 
+    @property
+    def planned(self) -> list[PlannedStep]:
+        """Every step of the image in order, rendered (layers, then trailing config steps)."""
+        return [p for layer in self.layers for p in layer.steps] + [p for fc in self.finals for p in fc.trailing]
+
+    @property
+    def total_steps(self) -> int:
+        return sum(len(layer.steps) for layer in self.layers) + len(self.finals)
+
 
 @dataclass
 class Plan:
@@ -124,12 +109,15 @@ class Plan:
     platform: Platform
     nodes: list[Node]  # topological order: every node after its deps
     targets: list[type[Recipe]]
+    facts: HostFacts | None = None  # set by prepare()
+    rendered: bool = False
 
-    def node(self, recipe: type[Recipe]) -> Node:
+    def node(self, recipe: type[Recipe] | str) -> Node:
+        name = recipe if isinstance(recipe, str) else recipe.name
         for n in self.nodes:
-            if n.recipe is recipe:
+            if n.name == name:
                 return n
-        raise KeyError(recipe.name)
+        raise KeyError(name)
 
     def levels(self) -> list[list[Node]]:
         """Groups that can build concurrently: each level depends only on earlier ones."""
@@ -142,6 +130,71 @@ class Plan:
                 out.append([])
             out[depth[n.name]].append(n)
         return out
+
+
+Progress = Callable[[str], None]
+
+
+def build_plan(targets: Iterable[str | type[Recipe]], settings: Settings, *, digests: FileDigests | None = None,
+               progress: Progress | None = None) -> Plan:
+    """load → resolve → prepare → render: the plan both `plan` and `build` walk."""
+    graph = resolve_graph(targets, settings)
+    if progress:
+        progress(f"preparing inputs of {len(graph.nodes)} image(s): sources, patches, files")
+    digests = digests or FileDigests(settings.state_path() / "file-digests.json")
+    prepared = prepare(graph, digests)
+    digests.save()
+    return render(prepared)
+
+
+# --- 1. the graph ---------------------------------------------------------------
+def resolve_graph(targets: Iterable[str | type[Recipe]], settings: Settings) -> Plan:
+    platform = get_platform(settings.platform)
+    wanted = [CATALOGUE.get(t) if isinstance(t, str) else t for t in targets]
+    if not wanted:
+        raise PlanError("no targets given; `imagefactory list` shows what can be built")
+    nodes: dict[str, Node] = {}
+    order: list[Node] = []
+    visiting: list[str] = []
+
+    def visit(recipe: type[Recipe]) -> None:
+        if recipe.name in nodes:
+            return
+        if recipe.name in visiting:
+            cycle = " → ".join([*visiting[visiting.index(recipe.name):], recipe.name])
+            raise PlanError(f"recipe cycle: {cycle}; a recipe cannot build on itself")
+        visiting.append(recipe.name)
+        if recipe.platform_name and recipe.platform_name != platform.name:
+            raise PlanError(f"recipe {recipe.name!r} is a {recipe.platform_name} base, "
+                            f"but the platform is {platform.name}")
+        parent = resolve_parent(recipe, platform)
+        deps: list[type[Recipe]] = [parent] if isinstance(parent, type) else []
+        steps = []
+        for step in own_steps(recipe, settings):
+            if isinstance(step, CopyFrom):
+                stage_cls = resolve_stage(recipe, step.stage)
+                step = replace(step, stage_name=stage_cls.name)
+                if stage_cls not in deps:
+                    deps.append(stage_cls)
+            for stage in step.depends_on() if not isinstance(step, CopyFrom) else ():
+                stage_cls = resolve_stage(recipe, stage)
+                if stage_cls not in deps:
+                    deps.append(stage_cls)
+            steps.append(step)
+        for dep in deps:
+            visit(dep)
+        visiting.pop()
+        node = Node(recipe, parent, deps, steps, base_variant=base_variant(recipe, platform))
+        nodes[recipe.name] = node
+        order.append(node)
+
+    for recipe in wanted:
+        visit(recipe)
+    built_upon = _built_upon(platform) | {d.name for n in order for d in n.deps}
+    for node in order:
+        node.leaf = node.name not in built_upon
+        node.shipped = not node.recipe.hidden and not _is_stage(node.recipe)
+    return Plan(settings, platform, order, wanted)
 
 
 def resolve_parent(recipe: type[Recipe], platform: Platform) -> type[Recipe] | str | None:
@@ -174,7 +227,7 @@ def resolve_stage(owner: type[Recipe], stage: object) -> type[Recipe]:
         if stage in stages:
             return stages[stage]
         try:
-            return REGISTRY.get(stage)
+            return CATALOGUE.get(stage)
         except RecipeError:
             raise PlanError(f"recipe {owner.name!r}: CopyFrom names stage {stage!r}, which is neither in its "
                             f"`stages` ({', '.join(stages) or 'none'}) nor a known recipe") from None
@@ -198,60 +251,27 @@ def own_steps(recipe: type[Recipe], settings: Settings) -> list[Step]:
     return steps
 
 
-def build_plan(targets: Iterable[str | type[Recipe]], settings: Settings) -> Plan:
-    platform = get_platform(settings.platform)
-    wanted = [REGISTRY.get(t) if isinstance(t, str) else t for t in targets]
-    if not wanted:
-        raise PlanError("no targets given; `imagefactory list` shows what can be built")
-    nodes: dict[str, Node] = {}
-    order: list[Node] = []
-    visiting: list[str] = []
-
-    def visit(recipe: type[Recipe]) -> None:
-        if recipe.name in nodes:
-            return
-        if recipe.name in visiting:
-            cycle = " → ".join([*visiting[visiting.index(recipe.name):], recipe.name])
-            raise PlanError(f"recipe cycle: {cycle}; a recipe cannot build on itself")
-        visiting.append(recipe.name)
-        if recipe.platform_name and recipe.platform_name != platform.name:
-            raise PlanError(f"recipe {recipe.name!r} is a {recipe.platform_name} base, "
-                            f"but the platform is {platform.name}")
-        parent = resolve_parent(recipe, platform)
-        deps: list[type[Recipe]] = []
-        if isinstance(parent, type):
-            deps.append(parent)
-        for step in own_steps(recipe, settings):
-            for stage in step.depends_on():
-                stage_cls = resolve_stage(recipe, stage)
-                if stage_cls not in deps:
-                    deps.append(stage_cls)
-        for dep in deps:
-            visit(dep)
-        visiting.pop()
-        node = Node(recipe, parent, deps)
-        nodes[recipe.name] = node
-        order.append(node)
-
-    for recipe in wanted:
-        visit(recipe)
-    built_upon = _built_upon(platform) | {d.name for n in order for d in n.deps}
-    for node in order:
-        node.leaf = node.name not in built_upon
-        node.shipped = not node.recipe.hidden and not _is_stage(node.recipe)
-    return Plan(settings, platform, order, wanted)
+def base_variant(recipe: type[Recipe], platform: Platform) -> str | None:
+    seen = 0
+    current: object = recipe
+    while isinstance(current, type) and seen < 50:
+        if getattr(current, "platform_name", None):
+            return getattr(current, "variant", None)
+        current = resolve_parent(current, platform)
+        seen += 1
+    return None
 
 
 def _built_upon(platform: Platform) -> set[str]:
     """Names of recipes another registered recipe builds FROM or copies from, on this platform.
 
-    Decided over the whole registry, not the requested targets, so an image gets the same
+    Decided over the whole catalogue, not the requested targets, so an image gets the same
     commits (and keys) whichever targets are built. Parents are resolved through the platform:
     a recipe with ``base = "slim"`` builds on the slim base class, which is therefore not a leaf
     (a leaf's single commit carries the git revision, and children would rebuild on every commit).
     """
     names: set[str] = set()
-    for cls in REGISTRY:
+    for cls in CATALOGUE:
         if not cls.is_concrete():
             continue
         try:
@@ -267,87 +287,67 @@ def _built_upon(platform: Platform) -> set[str]:
 
 
 def _is_stage(recipe: type[Recipe]) -> bool:
-    return any(recipe in (cls.stages or {}).values() for cls in REGISTRY)
+    return any(recipe in (cls.stages or {}).values() for cls in CATALOGUE)
 
 
-# --- rendering ----------------------------------------------------------------
-class RenderContext:
-    """What a step may know while rendering: settings, platform, its recipe, known image IDs."""
-
-    def __init__(self, settings: Settings, platform: Platform, recipe: type[Recipe], base_variant: str | None,
-                 image_ids: dict[str, str], digests: FileDigests):
-        self.settings = settings
-        self.platform = platform
-        self.recipe = recipe
-        self.base_variant = base_variant
-        self.image_ids = image_ids
-        self.digests = digests
-
-    def resolve_file(self, rel: str) -> Path:
-        path = Path(rel)
-        if not path.is_absolute():
-            path = self.recipe.recipe_dir() / rel
-        if not path.exists():
-            raise PlanError(f"recipe {self.recipe.name!r}: file {rel!r} not found (looked at {path}); "
-                            "paths in Copy() are relative to the recipe's own folder")
-        return path
-
-    def digest(self, path: Path) -> str:
-        return self.digests.tree(path)
-
-    def resolve_stage(self, stage: object) -> type[Recipe]:
-        return resolve_stage(self.recipe, stage)
-
-    def image_id_of(self, recipe: type[Recipe]) -> str | None:
-        return self.image_ids.get(recipe.name)
+# --- 2. prepare: the only I/O ------------------------------------------------------
+def prepare(graph: Plan, digests: FileDigests) -> Plan:
+    """Every step of every image prepared; all problems reported together."""
+    problems: list[str] = []
+    nodes = [replace(n, steps=prepare_steps(n.recipe, n.steps, graph.settings, digests, problems))
+             for n in graph.nodes]
+    if problems:
+        head = "the build cannot start" if len(problems) == 1 else f"the build cannot start ({len(problems)} problems)"
+        raise PlanError(head + ":\n  " + "\n  ".join(problems))
+    folder = graph.targets[0].recipe_dir() if graph.targets else Path.cwd()
+    return replace(graph, nodes=nodes, facts=host_facts(graph.settings, folder))
 
 
-def base_variant(recipe: type[Recipe], platform: Platform) -> str | None:
-    seen = 0
-    current: object = recipe
-    while isinstance(current, type) and seen < 50:
-        if getattr(current, "platform_name", None):
-            return getattr(current, "variant", None)
-        current = resolve_parent(current, platform)
-        seen += 1
-    return None
+# --- 3. render: pure ------------------------------------------------------------
+def render(prepared: Plan) -> Plan:
+    if prepared.facts is None:
+        raise PlanError("render() needs a prepared plan: call prepare() first (or build_plan())")
+    nodes: list[Node] = []
+    formats: dict[str, str] = {}
+    for node in prepared.nodes:
+        ctx = RenderContext(prepared.settings, prepared.platform, node.recipe, node.base_variant)
+        planned: list[PlannedStep] = []
+        for i, step in enumerate(node.steps, 1):
+            try:
+                planned.append(PlannedStep(i, step, step.render(ctx)))
+            except StepError as exc:
+                raise PlanError(str(exc)) from None
+        layers, trailing = _group(planned)
+        parent_format = formats.get(node.parent.name) if isinstance(node.parent, type) else None
+        fmt = "docker" if parent_format == "docker" or any(s.needs_docker_format for s in node.steps) else "oci"
+        formats[node.name] = fmt
+        done = replace(node, layers=layers, image_format=fmt)
+        done.finals = final_commits(done, prepared.settings, prepared.facts, trailing, first_index=len(planned) + 1)
+        nodes.append(done)
+    return replace(prepared, nodes=nodes, rendered=True)
 
 
-def render_steps(node: Node, plan: Plan, image_ids: dict[str, str], digests: FileDigests) -> list[tuple[Step, Rendered]]:
-    ctx = RenderContext(plan.settings, plan.platform, node.recipe, base_variant(node.recipe, plan.platform),
-                        image_ids, digests)
-    out = []
-    for i, step in enumerate(own_steps(node.recipe, plan.settings)):
-        try:
-            out.append((step, step.render(ctx)))
-        except RecipeError:
-            raise
-        except FileNotFoundError as exc:
-            raise PlanError(f"recipe {node.name!r}, step {i + 1} ({step.kind}): missing file {exc}") from exc
-    return out
-
-
-def group_steps(rendered: list[tuple[Step, Rendered]]) -> tuple[list[list[tuple[Step, Rendered]]],
-                                                                   list[tuple[Step, Rendered]]]:
-    """Split into commit groups (each ends at a boundary step) and trailing config-only steps."""
-    groups: list[list[tuple[Step, Rendered]]] = []
-    current: list[tuple[Step, Rendered]] = []
-    for item in rendered:
-        current.append(item)
-        if item[0].boundary:
-            groups.append(current)
+def _group(planned: list[PlannedStep]) -> tuple[list[Layer], list[PlannedStep]]:
+    """Split into layers (each ends at a boundary step) and trailing config-only steps."""
+    layers: list[Layer] = []
+    current: list[PlannedStep] = []
+    for p in planned:
+        current.append(p)
+        if p.step.boundary:
+            layers.append(Layer(tuple(current)))
             current = []
-    return groups, current
+    return layers, current
 
 
 # --- final image metadata ------------------------------------------------------
-def source_date_epoch(settings: Settings) -> int | None:
-    return settings.source_date_epoch
+VOLATILE_LABELS = ("org.opencontainers.image.created", "org.opencontainers.image.revision",
+                   "org.opencontainers.image.source")
 
 
-def oci_labels(recipe: type[Recipe], settings: Settings, *, revision: str | None, source: str | None) -> dict[str, str]:
-    sde = source_date_epoch(settings)
-    created = _dt.datetime.fromtimestamp(sde if sde is not None else _now(), _dt.UTC)
+def oci_labels(recipe: type[Recipe], settings: Settings, *, revision: str | None, source: str | None,
+               now: float | None = None) -> dict[str, str]:
+    sde = settings.source_date_epoch
+    created = _dt.datetime.fromtimestamp(sde if sde is not None else (now or time.time()), _dt.UTC)
     labels = {
         "org.opencontainers.image.title": recipe.name,
         "org.opencontainers.image.version": recipe.version,
@@ -364,40 +364,8 @@ def oci_labels(recipe: type[Recipe], settings: Settings, *, revision: str | None
     return labels
 
 
-def _now() -> float:
-    import time
-
-    return time.time()
-
-
-def image_format_of(plan: Plan, node: Node) -> str:
-    """docker when this image or an ancestor declares a HEALTHCHECK (OCI has no such field)."""
-    current: Node | None = node
-    while current is not None:
-        if any(step.needs_docker_format for step in own_steps(current.recipe, plan.settings)):
-            return "docker"
-        parent = current.parent
-        current = next((n for n in plan.nodes if isinstance(parent, type) and n.recipe is parent), None)
-    return "oci"
-
-
-VOLATILE_LABELS = ("org.opencontainers.image.created", "org.opencontainers.image.revision",
-                   "org.opencontainers.image.source")
-
-
-@dataclass
-class FinalCommit:
-    """One of the commits that finish an image: config + labels, squashed for leaves."""
-
-    rendered: Rendered  # what is keyed
-    calls: list  # trailing config calls to apply
-    label_args: list[str]  # labels actually applied
-    squash: bool
-    feeds_children: bool  # child recipes build FROM this commit
-
-
-def final_commits(node: Node, plan: Plan, trailing: list[tuple[Step, Rendered]], revision: str | None,
-                  source: str | None, image_format: str) -> list[FinalCommit]:
+def final_commits(node: Node, settings: Settings, facts: HostFacts, trailing: list[PlannedStep],
+                  first_index: int) -> list[FinalCommit]:
     """How an image is finished.
 
     Labels that change with every git commit (revision, created, source) must not leak into the
@@ -407,49 +375,33 @@ def final_commits(node: Node, plan: Plan, trailing: list[tuple[Step, Rendered]],
     commit). A leaf (no child builds on it) is finished in one commit. ``created`` is keyed only when
     SOURCE_DATE_EPOCH pins it, so time passing is not a cache miss.
     """
-    from .steps import ConfigCall
+    labels = oci_labels(node.recipe, settings, revision=facts.revision, source=facts.source, now=facts.started)
 
-    settings = plan.settings
-    labels = oci_labels(node.recipe, settings, revision=revision, source=source)
+    def args(items) -> tuple[str, ...]:
+        return tuple(a for k, v in sorted(items) for a in ("--label", f"{k}={v}"))
 
-    def args(items) -> list[str]:
-        return [a for k, v in sorted(items) for a in ("--label", f"{k}={v}")]
-
-    def keyed(label_args: list[str]) -> tuple[str, ...]:
+    def keyed(label_args: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(a for a in label_args if settings.source_date_epoch is not None
                      or not a.startswith("org.opencontainers.image.created="))
 
-    calls = [c for _, r in trailing for c in r.calls]
-    facts = [f"squash={node.squash}", f"format={image_format}", f"timestamp={settings.source_date_epoch}"]
+    calls = [c for p in trailing for c in p.rendered.calls]
+    facts_text = [f"squash={node.squash}", f"format={node.image_format}", f"timestamp={settings.source_date_epoch}"]
     ref = node.recipe.image_ref()
     squashed = " (squashed)" if node.squash else ""
     if node.leaf:  # no child builds on it: one commit carries everything
         label_args = args(labels.items())
-        rendered = Rendered("final", f"commit {ref}{squashed}", [*calls, ConfigCall(keyed(label_args))], facts)
-        return [FinalCommit(rendered, calls, label_args, node.squash, True)]
+        rendered = Rendered("final", f"commit {ref}{squashed}", [*calls, ConfigCall(keyed(label_args))], facts_text)
+        return [FinalCommit(first_index, rendered, tuple(trailing), label_args, node.squash, True)]
     stable = args((k, v) for k, v in labels.items() if k not in VOLATILE_LABELS)
     volatile = args((k, v) for k, v in labels.items() if k in VOLATILE_LABELS)
-    first = FinalCommit(Rendered("final", f"config + labels of {ref}{squashed}",
-                                 [*calls, ConfigCall(tuple(stable))], facts),
-                        calls, stable, node.squash, True)
-    second = FinalCommit(Rendered("final", f"commit {ref} (revision labels)", [ConfigCall(keyed(volatile))], facts),
-                         [], volatile, False, False)
+    first = FinalCommit(first_index, Rendered("final", f"config + labels of {ref}{squashed}",
+                                              [*calls, ConfigCall(stable)], facts_text),
+                        tuple(trailing), stable, node.squash, True)
+    second = FinalCommit(first_index + 1, Rendered("final", f"commit {ref} (revision labels)",
+                                                   [ConfigCall(keyed(volatile))], facts_text),
+                         (), volatile, False, False)
     return [first, second]
 
 
-def git_facts(plan: Plan) -> tuple[str | None, str | None]:
-    """revision and source labels from the git checkout holding the target recipes, if any."""
-    import sh
-
-    folder = plan.targets[0].recipe_dir() if plan.targets else Path.cwd()
-    revision = source = None
-    try:
-        git = sh.Command("git").bake("-C", str(folder))
-        revision = str(git("rev-parse", "HEAD", _err=os.devnull)).strip() or None
-        try:
-            source = str(git("remote", "get-url", "origin", _err=os.devnull)).strip() or None
-        except sh.ErrorReturnCode:
-            source = None
-    except (sh.ErrorReturnCode, sh.CommandNotFound):
-        pass
-    return revision, plan.settings.value("source", source)
+__all__ = ["FinalCommit", "Layer", "Node", "Plan", "PlanError", "PlannedStep", "build_plan", "oci_labels",
+           "prepare", "render", "resolve_graph", "resolve_parent", "resolve_stage"]

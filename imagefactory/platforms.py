@@ -9,21 +9,22 @@ platforms in one place.
 from __future__ import annotations
 
 import glob
+import json
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 
-from .recipe import Recipe, RecipeError
 from .buildah import empty_folder
+from .recipe import CATALOGUE, Recipe, RecipeError
 from .retry import RetryPolicy
-from .steps import HostCall, Rendered, Run, RunCall, Step
+from .steps import HostCall, PrepareContext, RenderContext, Rendered, Run, RunCall, Step, host_action
 
 if TYPE_CHECKING:  # pragma: no cover
     from .buildah import Container
-    from .plan import RenderContext
+    from .config import Settings
 
 APT_ENV = (("DEBIAN_FRONTEND", "noninteractive"), ("LC_ALL", "C.UTF-8"))
 APT_NET_OPTS = "-o Acquire::Retries=3 -o Acquire::http::Timeout=30 -o Acquire::https::Timeout=30"
@@ -167,12 +168,10 @@ class Platform:
                 "each download 3 times.")
 
     def base_recipe(self, variant: str) -> type[Recipe]:
-        from .recipe import REGISTRY
-
         if variant not in self.bases:
             raise PlatformError(f"platform {self.name!r} has no {variant!r} base; "
                                 f"choose one of {', '.join(sorted(self.bases))}")
-        return REGISTRY.get(self.bases[variant])
+        return CATALOGUE.get(self.bases[variant])
 
 
 class DebianPlatform(Platform):
@@ -239,8 +238,11 @@ class Bootstrap(Step):
     variant: str = "minbase"
     include: tuple[str, ...] = ("ca-certificates",)
     kind: ClassVar[str] = "bootstrap"
+    # filled in by prepare(): host facts
+    mirror: str | None = None
+    tool: tuple[str, ...] = ()
 
-    def render(self, ctx: RenderContext) -> Rendered:
+    def prepare(self, ctx: PrepareContext) -> Bootstrap:
         mirror = ctx.settings.debian_mirror or host_debian_mirror()
         if not mirror:
             raise PlatformError(
@@ -249,32 +251,41 @@ class Bootstrap(Step):
         from .rootless import in_userns
 
         # Inside a user namespace (rootless builds) debootstrap cannot mknod; mmdebstrap can skip it.
-        tool = ["mmdebstrap", "--mode=root", "--skip=output/mknod"] if in_userns() else ["debootstrap"]
-        options = [f"--variant={self.variant}", f"--include={','.join(self.include)}", "--components=main"]
-        argv = [*tool, *options, self.suite, "<container root>", mirror]
-        suite = self.suite
-        policy = RetryPolicy.from_settings(ctx.settings)
+        tool = ("mmdebstrap", "--mode=root", "--skip=output/mknod") if in_userns() else ("debootstrap",)
+        return replace(self, mirror=mirror, tool=tool)
 
-        def action(ctr: Container, log: Path) -> None:
-            root = ctr.mount()
+    def render(self, ctx: RenderContext) -> Rendered:
+        if not self.mirror or not self.tool:
+            raise ctx.fail("Bootstrap was rendered before it was prepared")
+        options = (f"--variant={self.variant}", f"--include={','.join(self.include)}", "--components=main")
+        argv = [*self.tool, *options, self.suite, "<container root>", self.mirror]
+        call = HostCall("bootstrap", " ".join(argv),
+                        params=(("argv", json.dumps([*self.tool, *options, self.suite])), ("mirror", self.mirror)),
+                        key=self.mirror)
+        return Rendered(self.kind, f"{self.tool[0]} {self.suite} ({self.variant}) from {self.mirror}", [call])
 
-            def bootstrap() -> None:
-                empty_folder(root)  # a retry starts from nothing, as the tools require
-                ctr.buildah.host([*tool, *options, suite, str(root), mirror], log=log, env=_host_env())
 
-            def mirror_down(exc: BaseException) -> bool:
-                from .buildah import BuildahError
+@host_action("bootstrap")
+def bootstrap_into(call: HostCall, ctr: Container, log: Path, settings: Settings) -> None:
+    """Bootstrap into the container's mounted root; retried from an empty root while the mirror is down."""
+    argv, mirror = json.loads(call.param("argv")), call.param("mirror")
+    policy = RetryPolicy.from_settings(settings)
+    root = ctr.mount()
 
-                return isinstance(exc, BuildahError) and any(m in exc.stderr_tail for m in _MIRROR_DOWN)
+    def bootstrap() -> None:
+        empty_folder(root)  # a retry starts from nothing, as the tools require
+        ctr.buildah.host([*argv, str(root), mirror], log=log, env=_host_env())
 
-            try:
-                policy.retrying(mirror_down)(bootstrap)
-                _tidy_rootfs(root)
-            finally:
-                ctr.umount()
+    def mirror_down(exc: BaseException) -> bool:
+        from .buildah import BuildahError
 
-        return Rendered(self.kind, f"{tool[0]} {self.suite} ({self.variant}) from {mirror}",
-                        [HostCall(" ".join(argv), action, key=mirror)])
+        return isinstance(exc, BuildahError) and any(m in exc.stderr_tail for m in _MIRROR_DOWN)
+
+    try:
+        policy.retrying(mirror_down)(bootstrap)
+        _tidy_rootfs(root)
+    finally:
+        ctr.umount()
 
 
 def _host_env() -> dict[str, str]:

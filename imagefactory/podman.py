@@ -30,7 +30,7 @@ import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .buildah import StorageOptions
+from .storage import StorageOptions
 from .recipe import Recipe, Runtime
 
 DEV_MOUNT = "/workspace"

@@ -24,7 +24,7 @@ _LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]")
 @dataclass
 class PushRecord:
     target: str
-    ref: str  # REGISTRY/PREFIX/NAME:TAG
+    ref: str  # CATALOGUE/PREFIX/NAME:TAG
     digest: str  # sha256:...
     registry: str  # HOST[:PORT]/PREFIX as given
     image: str = ""  # local reference pushed

@@ -26,7 +26,8 @@ import sh
 from .buildah import Buildah, BuildahError
 from .config import Settings
 from .execute import BuildFailed, BuildReport, Executor
-from .plan import build_plan, cache_ref
+from .plan import build_plan, resolve_graph
+from .walk import cache_ref
 
 
 class ReproduceError(RuntimeError):
@@ -35,7 +36,7 @@ class ReproduceError(RuntimeError):
 
 def recipes_commit_time(targets: Iterable[str], settings: Settings) -> int | None:
     """``git log -1 --format=%ct`` in the folder of the first target's recipe, if it is a git checkout."""
-    plan = build_plan(list(targets), settings)
+    plan = resolve_graph(list(targets), settings)
     folder = plan.targets[0].recipe_dir()
     try:
         out = str(sh.Command("git")("--no-pager", "-C", str(folder), "log", "-1", "--format=%ct",
@@ -80,7 +81,7 @@ def _seed_external_parents(settings: Settings, temp: Settings, targets: list[str
     """Copy external parent images (e.g. a locally imported base) from the user's store, IDs unchanged."""
     src = Buildah(settings.storage)
     index = src.image_index()
-    plan = build_plan(targets, settings)
+    plan = resolve_graph(targets, settings)
     seeded = []
     for node in plan.nodes:
         parent = node.parent

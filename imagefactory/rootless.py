@@ -113,14 +113,16 @@ def reexec_in_userns(storage_args: list[str], argv: list[str]) -> None:
     os.execvpe(buildah, [buildah, *storage_args, "unshare", "--", sys.executable, "-m", "imagefactory", *argv], env)
 
 
+class RootlessError(RuntimeError):
+    """This user cannot build without root (no user namespace or subordinate IDs); says how to fix it."""
+
+
 def check_can_unshare() -> None:
     """Fail with the fix before buildah fails with something obscure (it only warns on missing ranges)."""
-    from .config import ConfigError
-
     problems = [f"{found}; fix: {fix}" for name, ok, found, fix in checks(skip_driver=True) if not ok
                 and name.startswith(("rootless", "user namespaces", "unprivileged", "apparmor"))]
     if problems:
-        raise ConfigError("building as an ordinary user needs a user namespace with subordinate IDs:\n  "
+        raise RootlessError("building as an ordinary user needs a user namespace with subordinate IDs:\n  "
                           + "\n  ".join(problems) + "\n(`imagefactory doctor` shows every check)")
 
 

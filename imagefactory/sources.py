@@ -115,7 +115,8 @@ _PINS: dict[tuple[str, str], SourcePin] = {}
 
 def known_pins() -> list[SourcePin]:
     """Every pin defined so far (pins register themselves); loads the shipped recipes first."""
-    from .recipe import RecipeError, load_recipes
+    from .recipe import RecipeError
+    from .loader import load_recipes
 
     with contextlib.suppress(ImportError, RecipeError):
         load_recipes()

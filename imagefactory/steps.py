@@ -1,10 +1,14 @@
 """Declarative build steps.
 
-A step never talks to buildah. It *renders* into a list of calls (run, copy,
-config, or a host action such as debootstrap) plus the content digests of the
-inputs it reads. The planner hashes that rendering into the cache key, `plan`
-prints it, and the executor hands the very same calls to buildah, so what you
-see in a plan is exactly what runs.
+A step never talks to buildah. Its life has two phases:
+
+* ``prepare(ctx)`` resolves what needs I/O (a Copy's file digest, a library's verified
+  archive, the Debian mirror) and returns the step with those facts filled in;
+* ``render(ctx)`` is pure: it turns the prepared step into calls (run, copy, config, or a
+  named host action such as the Debian bootstrap) plus the digests of the inputs it reads.
+
+The walk hashes that rendering into the cache key, `plan` prints it, and the executor
+hands the very same calls to buildah, so what you see in a plan is exactly what runs.
 """
 
 from __future__ import annotations
@@ -12,15 +16,16 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from .buildah import Mount
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .plan import RenderContext
+    from .buildah import Container
+    from .config import Settings
 
 
 class StepError(ValueError):
@@ -28,6 +33,30 @@ class StepError(ValueError):
 
 
 SECRETS_DIR = "/run/secrets"
+
+
+class PrepareContext(Protocol):
+    """What a step may use while preparing (the only phase with I/O): see imagefactory.prepare."""
+
+    settings: Settings
+    recipe: type
+
+    def resolve_file(self, rel: str) -> Path: ...
+    def digest(self, path: Path) -> str: ...  # a file or folder tree
+    def file_digest(self, path: Path) -> str: ...
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    """What a step may know while rendering: no I/O, no buildah, no image IDs."""
+
+    settings: Settings
+    platform: Any  # imagefactory.platforms.Platform (platforms imports this module)
+    recipe: type
+    base_variant: str | None = None
+
+    def fail(self, message: str) -> StepError:
+        return StepError(f"recipe {getattr(self.recipe, 'name', self.recipe.__name__)!r}: {message}")
 
 
 @dataclass(frozen=True)
@@ -81,13 +110,17 @@ class CopyCall:
     dest: str
     chown: str | None = None
     chmod: str | None = None
-    from_image: str | None = None  # image ID (stage) for multi-stage copies
-    from_label: str | None = None  # what the user wrote, for display
+    from_stage: str | None = None  # name of the image (stage) a multi-stage copy reads
 
-    def key_text(self) -> str:
-        # host source paths are keyed by content digests (step inputs), not by where they sit.
-        srcs = [Path(s).name for s in self.sources] if not self.from_image else list(self.sources)
-        return json.dumps(["copy", srcs, self.dest, self.chown, self.chmod, self.from_image])
+    def key_text(self, stage_ids: Mapping[str, str] | None = None) -> str:
+        # host source paths are keyed by content digests (step inputs), not by where they sit;
+        # a stage is keyed by its image ID, known only when the walk reaches this step.
+        if self.from_stage is None:
+            return json.dumps(["copy", [Path(s).name for s in self.sources], self.dest, self.chown, self.chmod, None])
+        stage_id = (stage_ids or {}).get(self.from_stage)
+        if stage_id is None:
+            raise KeyError(self.from_stage)
+        return json.dumps(["copy", list(self.sources), self.dest, self.chown, self.chmod, stage_id])
 
 
 @dataclass(frozen=True)
@@ -100,14 +133,36 @@ class ConfigCall:
 
 @dataclass(frozen=True)
 class HostCall:
-    """Work done on the host against the mounted container (e.g. debootstrap into it)."""
+    """Work done on the host against the mounted container (e.g. debootstrap into it).
 
+    Pure data: ``action`` names a function registered with :func:`host_action`, which the
+    executor calls with this call, the working container, the step's log and the settings.
+    """
+
+    action: str
     description: str
-    action: Callable[..., None] = field(compare=False)
+    params: tuple[tuple[str, str], ...] = ()
     key: str = ""
 
     def key_text(self) -> str:
         return json.dumps(["host", self.description, self.key])
+
+    def param(self, name: str) -> str:
+        return dict(self.params)[name]
+
+
+HostAction = Callable[[HostCall, "Container", Path, "Settings"], None]
+HOST_ACTIONS: dict[str, HostAction] = {}
+
+
+def host_action(name: str) -> Callable[[HostAction], HostAction]:
+    """Register the function that carries out ``HostCall(action=name, ...)``."""
+
+    def deco(fn: HostAction) -> HostAction:
+        HOST_ACTIONS[name] = fn
+        return fn
+
+    return deco
 
 
 Call = RunCall | CopyCall | ConfigCall | HostCall
@@ -121,10 +176,15 @@ class Rendered:
     summary: str
     calls: list[Call]
     inputs: list[str] = field(default_factory=list)
-    pending: list[str] = field(default_factory=list)  # inputs known only after another image is built
 
-    def key_material(self) -> str:
-        return "\n".join([self.kind, *(c.key_text() for c in self.calls), *self.inputs])
+    @property
+    def stages(self) -> list[str]:
+        """Images this step reads (multi-stage copies): their IDs enter the key."""
+        return [c.from_stage for c in self.calls if isinstance(c, CopyCall) and c.from_stage]
+
+    def key_material(self, stage_ids: Mapping[str, str] | None = None) -> str:
+        texts = [c.key_text(stage_ids) if isinstance(c, CopyCall) else c.key_text() for c in self.calls]
+        return "\n".join([self.kind, *texts, *self.inputs])
 
 
 # --- steps ------------------------------------------------------------------
@@ -133,6 +193,10 @@ class Step:
 
     boundary: ClassVar[bool] = True
     kind: ClassVar[str] = "step"
+
+    def prepare(self, ctx: PrepareContext) -> Step:
+        """Resolve inputs that need I/O; return the step with them filled in (default: nothing to do)."""
+        return self
 
     def render(self, ctx: RenderContext) -> Rendered:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -208,12 +272,19 @@ class Copy(Step):
     chown: str | None = None
     mode: str | None = None
     kind: ClassVar[str] = "copy"
+    # filled in by prepare(): where the file is and the digest of its bytes
+    path: Path | None = field(default=None, repr=False)
+    digest: str | None = field(default=None, repr=False)
+
+    def prepare(self, ctx: PrepareContext) -> Copy:
+        path = ctx.resolve_file(self.src)
+        return replace(self, path=path, digest=ctx.digest(path))
 
     def render(self, ctx: RenderContext) -> Rendered:
-        path = ctx.resolve_file(self.src)
-        digest = ctx.digest(path)
-        call = CopyCall((str(path),), self.dest, self.chown, self.mode)
-        return Rendered(self.kind, f"{self.src} → {self.dest}", [call], [f"{self.src}:{digest}"])
+        if self.path is None or self.digest is None:
+            raise ctx.fail(f"Copy({self.src!r}) was rendered before it was prepared")
+        call = CopyCall((str(self.path),), self.dest, self.chown, self.mode)
+        return Rendered(self.kind, f"{self.src} → {self.dest}", [call], [f"{self.src}:{self.digest}"])
 
 
 @dataclass
@@ -230,13 +301,14 @@ class CopyFrom(Step):
     def depends_on(self) -> list[Any]:
         return [self.stage]
 
+    # filled in when the plan resolves stages: the name of the image this copy reads
+    stage_name: str | None = field(default=None, repr=False)
+
     def render(self, ctx: RenderContext) -> Rendered:
-        recipe = ctx.resolve_stage(self.stage)
-        image_id = ctx.image_id_of(recipe)
-        label = recipe.name
-        pending = [] if image_id else [label]
-        call = CopyCall((self.src,), self.dest, self.chown, self.mode, image_id or f"<{label}>", label)
-        return Rendered(self.kind, f"{label}:{self.src} → {self.dest}", [call], [], pending)
+        if self.stage_name is None:
+            raise ctx.fail(f"CopyFrom({self.stage!r}) was rendered before its stage was resolved")
+        call = CopyCall((self.src,), self.dest, self.chown, self.mode, self.stage_name)
+        return Rendered(self.kind, f"{self.stage_name}:{self.src} → {self.dest}", [call])
 
 
 class _ConfigStep(Step):

@@ -15,7 +15,8 @@ import pytest
 
 from conftest import REPO, TINY_BASE
 from imagefactory.execute import BuildFailed, Executor
-from imagefactory.plan import CACHE_REPO, build_plan
+from imagefactory.plan import build_plan
+from imagefactory.walk import CACHE_REPO
 from imagefactory.recipe import Recipe
 from imagefactory.steps import Cmd, Copy, Env, Label, Run
 
@@ -223,14 +224,14 @@ def test_plan_json_shows_status_and_calls_without_building(tiny_store, tmp_path)
 
 
 def test_new_git_revision_relabels_but_does_not_rebuild_children(tiny_store, tmp_path, monkeypatch):
-    import imagefactory.execute as execute
+    import imagefactory.prepare as prepare
 
     data = tmp_path / "data.txt"
     data.write_text("r\n")
     parent, child = make_chain(data)
-    monkeypatch.setattr(execute, "git_facts", lambda plan: ("rev-one", None))
+    monkeypatch.setattr(prepare, "git_facts", lambda folder: ("rev-one", None))
     build(tiny_store, child)
-    monkeypatch.setattr(execute, "git_facts", lambda plan: ("rev-two", None))
+    monkeypatch.setattr(prepare, "git_facts", lambda folder: ("rev-two", None))
     report, ex = build(tiny_store, child)
     p, c = report.results
     assert [s.status for s in p.steps if s.kind != "final"] == ["hit"] * 3

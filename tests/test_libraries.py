@@ -24,7 +24,9 @@ from imagefactory.libraries import (
     LibrarySpec,
     library_labels,
 )
-from imagefactory.plan import FileDigests, RenderContext, step_key
+from imagefactory.prepare import FileDigests, StepInputs
+from imagefactory.steps import RenderContext
+from imagefactory.walk import step_key
 from imagefactory.platforms import get_platform
 from imagefactory.recipe import Recipe
 from imagefactory.sources import sha256_file
@@ -35,15 +37,29 @@ REPO_PATCHES = Path(__file__).resolve().parents[1] / "patches"
 
 
 # --- rendering: no buildah ----------------------------------------------------------------
-def _ctx(tmp_path: Path) -> RenderContext:
-    settings = config.load(env={}, overrides={"source_cache": str(tmp_path / "cache"),
-                                              "source_mirrors": [str(SHARED_SOURCES)],
-                                              "state_dir": str(tmp_path / "state")})
-    return RenderContext(settings, get_platform("debian"), Recipe, None, {}, FileDigests())
+class _Ctx:
+    """Prepare (fetch, verify, check patches) then render, as the planner does for a recipe."""
+
+    def __init__(self, tmp_path: Path):
+        self.settings = config.load(env={}, overrides={"source_cache": str(tmp_path / "cache"),
+                                                       "source_mirrors": [str(SHARED_SOURCES)],
+                                                       "state_dir": str(tmp_path / "state")})
+        self.prep = StepInputs(self.settings, Recipe, FileDigests())
+
+    def render(self, step):
+        return step.prepare(self.prep).render(RenderContext(self.settings, get_platform("debian"), self.prep.recipe))
 
 
-def _key(step: BuildLibrary, ctx: RenderContext) -> str:
-    return step_key("parent-image-id", step.render(ctx))
+def _ctx(tmp_path: Path) -> _Ctx:
+    return _Ctx(tmp_path)
+
+
+def _render(step: BuildLibrary, ctx: _Ctx):
+    return ctx.render(step)
+
+
+def _key(step: BuildLibrary, ctx: _Ctx) -> str:
+    return step_key("parent-image-id", _render(step, ctx))
 
 
 def test_patch_bytes_profile_and_archive_are_in_the_key(tmp_path):
@@ -55,7 +71,7 @@ def test_patch_bytes_profile_and_archive_are_in_the_key(tmp_path):
     (folder / "0001-cmake-policy-range.patch").write_bytes(original)
     spec = LibrarySpec(CJSON.pin, CJSON.kind, CJSON.options, patch_root=patch_root)
     step = BuildLibrary(spec, DEBUG)
-    r = step.render(ctx)
+    r = _render(step, ctx)
     before = _key(step, ctx)
     assert _key(step, ctx) == before  # stable
     # the archive comes in through a read-only bind mount of its cache folder, never a copy
@@ -73,7 +89,7 @@ def test_patch_bytes_profile_and_archive_are_in_the_key(tmp_path):
     assert changed != before
     # a second patch: new key, applied after the first (name order)
     (folder / "0002-more.patch").write_bytes(b"--- /dev/null\n+++ b/NEWFILE\n@@ -0,0 +1 @@\n+hello\n")
-    script = step.render(ctx).calls[0].argv[-1]
+    script = _render(step, ctx).calls[0].argv[-1]
     assert script.index("0001-cmake-policy-range.patch") < script.index("0002-more.patch")
     assert _key(step, ctx) not in (before, changed)
     # the profile's flags are part of the key too
@@ -85,7 +101,7 @@ def test_patch_bytes_profile_and_archive_are_in_the_key(tmp_path):
 
 
 def test_alternate_archive_is_rendered_with_its_tree_root(tmp_path):
-    r = BuildLibrary(LLHTTP, RELEASE).render(_ctx(tmp_path))
+    r = _render(BuildLibrary(LLHTTP, RELEASE), _ctx(tmp_path))
     script = r.calls[0].argv[-1]
     assert "httptools-0.9.0.tar.gz" in r.summary and "alternate" in r.summary
     assert 'cd "$W/src"/httptools-0.9.0/vendor/llhttp' in script
@@ -297,17 +313,17 @@ def test_one_layer_per_library_and_a_cached_rebuild(lib_images):
 
 
 def test_missing_source_is_a_plan_error_naming_the_recipe(tmp_path):
-    from imagefactory.plan import PlanError
     from imagefactory.sources import RetryPolicy, Sources
+    from imagefactory.steps import StepError
 
     class Nowhere(Recipe):
         name = "imagefactory-test-libs-nowhere"
         hidden = True
 
     ctx = _ctx(tmp_path)
-    ctx.recipe = Nowhere
+    ctx.prep.recipe = Nowhere
     offline = Sources(tmp_path / "empty-cache", [str(tmp_path / "no-mirror")], retry=RetryPolicy(attempts=1, timeout=1))
     bogus = LibrarySpec(CJSON.pin.__class__(**{**CJSON.pin.__dict__, "url": "http://127.0.0.1:9/none.tar.gz",
                                                  "library": "cjson-offline"}), "cmake")
-    with pytest.raises(PlanError, match="imagefactory-test-libs-nowhere.*cjson-offline 1.7.19: no source archive found"):
-        BuildLibrary(bogus, DEBUG, _sources=offline).render(ctx)
+    with pytest.raises(StepError, match="imagefactory-test-libs-nowhere.*cjson-offline 1.7.19: no source archive found"):
+        _render(BuildLibrary(bogus, DEBUG, _sources=offline), ctx)

@@ -14,7 +14,8 @@ from imagefactory import config
 from imagefactory.commands.build import describe_plan
 from imagefactory.libraries import BUILD_DEPS
 from imagefactory.platforms import PACKAGE_NAMES
-from imagefactory.recipe import REGISTRY, load_recipes
+from imagefactory.recipe import CATALOGUE
+from imagefactory.loader import load_recipes
 
 from conftest import SHARED_SOURCES
 
@@ -38,7 +39,7 @@ def settings(tmp_path, platform="debian", **values):
 @pytest.fixture(scope="module")
 def recipes():
     load_recipes()
-    return REGISTRY
+    return CATALOGUE
 
 
 def plan(tmp_path, platform="debian", **values) -> dict[str, dict]:
@@ -197,7 +198,8 @@ def test_users_workdirs_and_commands(tmp_path, recipes):
 # --- cache keys: one library's flags change only its own step and the ones after it ------------
 def _chain_keys(tmp_path, **values) -> dict[str, list[tuple[str, str]]]:
     """Each layer's (summary, cache key) from a fixed fake parent image ID: pure planner logic."""
-    from imagefactory.plan import FileDigests, build_plan, group_steps, render_steps, step_key
+    from imagefactory.plan import build_plan
+    from imagefactory.walk import layer_key
 
     s = settings(tmp_path, "debian", **values)
     p = build_plan(TARGETS, s)
@@ -205,12 +207,10 @@ def _chain_keys(tmp_path, **values) -> dict[str, list[tuple[str, str]]]:
     for node in p.nodes:
         if node.name not in ("ocserv-modern-dev", "ocserv-modern-release-libs"):
             continue
-        groups, _ = group_steps(render_steps(node, p, {}, FileDigests()))
         key, keys = "sha256:fake-parent-image", []
-        for group in groups:
-            for _, rendered in group:
-                key = step_key(key, rendered)
-            keys.append((group[-1][1].summary, key))
+        for layer in node.layers:
+            key = layer_key(key, layer, {})
+            keys.append((layer.steps[-1].rendered.summary, key))
         out[node.name] = keys
     return out
 

@@ -8,8 +8,10 @@ import pytest
 
 from imagefactory import config
 from imagefactory.platforms import get_platform, host_debian_mirror
-from imagefactory.plan import PlanError, Plan, build_plan, step_key
-from imagefactory.recipe import REGISTRY, Recipe, RecipeError, load_recipes
+from imagefactory.plan import PlanError, Plan, build_plan, resolve_graph
+from imagefactory.walk import step_key
+from imagefactory.recipe import CATALOGUE, Recipe, RecipeError
+from imagefactory.loader import load_recipes
 from imagefactory.steps import Copy, CopyFrom, Env, Install, Rendered, Run, RunCall
 
 
@@ -39,7 +41,7 @@ def test_copy_key_uses_bytes_not_mtime_or_location(tmp_path):
     import os
     import time
 
-    from imagefactory.plan import FileDigests
+    from imagefactory.prepare import FileDigests
 
     a = tmp_path / "a" / "f.txt"
     b = tmp_path / "b" / "f.txt"
@@ -58,7 +60,7 @@ def test_copy_key_uses_bytes_not_mtime_or_location(tmp_path):
 
 
 def test_file_digest_memo_survives_processes(tmp_path):
-    from imagefactory.plan import FileDigests
+    from imagefactory.prepare import FileDigests
 
     f = tmp_path / "big.bin"
     f.write_bytes(b"x" * 1000)
@@ -149,7 +151,7 @@ def test_duplicate_recipe_name_is_an_error():
 
     with pytest.raises(RecipeError, match="defined twice"):
         type("Two", (Recipe,), {"name": "placeholder-one", "__doc__": "two", "__module__": "elsewhere"})
-    assert REGISTRY.get("placeholder-one") is One
+    assert CATALOGUE.get("placeholder-one") is One
     assert name
 
 
@@ -162,11 +164,8 @@ def test_copy_of_missing_file_names_recipe_and_file():
         def steps(self):
             yield Copy("does-not-exist.txt", "/x")
 
-    from imagefactory.plan import FileDigests, render_steps
-
-    plan = build_plan([Missing], settings())
-    with pytest.raises(PlanError, match=r"does-not-exist\.txt.*not found"):
-        render_steps(plan.nodes[0], plan, {}, FileDigests())
+    with pytest.raises(PlanError, match=r"recipe '.*missing.*'.*does-not-exist\.txt.*not found"):
+        build_plan([Missing], settings())
 
 
 def test_steps_that_raise_are_reported_with_the_recipe_name():
@@ -253,9 +252,8 @@ def test_ubi9_plan_renders_without_buildah():
     plan = build_plan([OnUbi], settings(platform="ubi9"))
     assert isinstance(plan, Plan)
     assert plan.nodes[0].parent == "registry.access.redhat.com/ubi9/ubi-minimal:latest"
-    from imagefactory.plan import FileDigests, render_steps
-
-    (_, r), = render_steps(plan.node(OnUbi), plan, {}, FileDigests())
+    (p,) = plan.node(OnUbi).planned
+    r = p.rendered
     assert r.calls[0].argv[-1].startswith("microdnf install -y --nodocs --setopt=install_weak_deps=0 make pam-devel")
 
 
@@ -291,9 +289,9 @@ def test_base_per_platform_and_missing_platform_is_named():
         name = uid("per-platform")
         base = {"debian": "slim", "ubi9": "registry.example.org/custom/base:1"}
 
-    assert build_plan([PerPlatform], settings(platform="ubi9")).node(PerPlatform).parent == \
+    assert resolve_graph([PerPlatform], settings(platform="ubi9")).node(PerPlatform).parent == \
         "registry.example.org/custom/base:1"
-    assert build_plan([PerPlatform], settings()).node(PerPlatform).parent.name == "imagefactory-base-debian-slim"
+    assert resolve_graph([PerPlatform], settings()).node(PerPlatform).parent.name == "imagefactory-base-debian-slim"
 
     class DebianOnly(Recipe):
         """debian only"""
@@ -301,21 +299,22 @@ def test_base_per_platform_and_missing_platform_is_named():
         base = {"debian": "slim"}
 
     with pytest.raises(PlanError, match="no base for platform 'ubi9'"):
-        build_plan([DebianOnly], settings(platform="ubi9"))
+        resolve_graph([DebianOnly], settings(platform="ubi9"))
 
 
 def test_bases_and_stages_reached_through_base_or_stages_are_not_leaves():
     """A leaf's one commit carries the git revision; if the slim base were a leaf, every new commit
     would change its image ID and rebuild everything built on it (found by bench/rootless.py)."""
     from imagefactory.plan import final_commits
+    from imagefactory.prepare import HostFacts
 
     load_recipes()
     s = settings()
     for targets in (["build"], ["ci"], ["s4"], ["dev", "test"]):
-        leaves = {n.name for n in build_plan(targets, s).nodes if n.leaf}
+        leaves = {n.name for n in resolve_graph(targets, s).nodes if n.leaf}
         assert leaves <= {"ocserv-modern-ci", "s4", "ocserv-modern-test"}, (targets, leaves)
-    plan = build_plan(["ci"], s)
-    slim = plan.node(REGISTRY.get("imagefactory-base-debian-slim"))
-    commits = final_commits(slim, plan, [], "rev-1", "src", "oci")
+    plan = resolve_graph(["ci"], s)
+    slim = plan.node(CATALOGUE.get("imagefactory-base-debian-slim"))
+    commits = final_commits(slim, s, HostFacts("rev-1", "src", None, 0.0), [], first_index=1)
     feeding = [c for c in commits if c.feeds_children]
     assert feeding and all("rev-1" not in " ".join(c.label_args) for c in feeding)

@@ -94,7 +94,7 @@ def test_epoch_defaults_to_the_recipes_git_head_time(tmp_path):
     import subprocess
 
     from imagefactory import config
-    from imagefactory.recipe import load_recipes
+    from imagefactory.loader import load_recipes
     from imagefactory.reproduce import ReproduceError, resolve_epoch
 
     repo = tmp_path / "checkout"

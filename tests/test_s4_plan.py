@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from imagefactory import config
-from imagefactory.plan import FileDigests, build_plan, render_steps, step_key
-from imagefactory.recipe import REGISTRY, load_recipes
+from imagefactory.plan import build_plan
+from imagefactory.walk import step_key
+from imagefactory.recipe import CATALOGUE
+from imagefactory.loader import load_recipes
 from imagefactory.steps import ConfigCall, CopyCall
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,13 +35,13 @@ def s4():
 
 def rendered_of(recipe, st):
     plan = build_plan([recipe], st)
-    return render_steps(plan.node(recipe), plan, {}, FileDigests())
+    return [(p.step, p.rendered) for p in plan.node(recipe).planned]
 
 
 def test_s4_is_a_target_and_its_builder_is_a_hidden_stage(s4):
     S4, S4Builder = s4
-    assert REGISTRY.get("s4") is S4
-    assert S4 in REGISTRY.targets() and S4Builder not in REGISTRY.targets()
+    assert CATALOGUE.get("s4") is S4
+    assert S4 in CATALOGUE.targets() and S4Builder not in CATALOGUE.targets()
     assert S4.stages == {"builder": S4Builder}
     assert S4.size_budget_mb == 800
 
@@ -64,16 +66,21 @@ def test_plan_builds_the_builder_before_the_runtime(s4):
 def test_runtime_copies_only_built_artifacts_from_the_builder(s4):
     S4, _ = s4
     rendered = rendered_of(S4, settings())
-    copies = [c for _, r in rendered for c in r.calls if isinstance(c, CopyCall) and c.from_label]
+    copies = [c for _, r in rendered for c in r.calls if isinstance(c, CopyCall) and c.from_stage]
     assert {(c.sources[0], c.dest) for c in copies} == {
         ("/src/app/dist", "/opt/app-root/src/dist"),
         ("/src/app/package.json", "/opt/app-root/src/package.json"),
         ("/src/app/node_modules", "/opt/app-root/src/node_modules"),
         ("/out/bin/s5cmd", "/usr/local/bin/s5cmd"),
     }
-    assert all(c.from_label == "s4-builder" for c in copies)
-    # the builder image is not built yet: CopyFrom steps are pending on it, not keyed on a guess
-    assert all(r.pending == ["s4-builder"] for _, r in rendered if r.kind == "copy-from")
+    assert all(c.from_stage == "s4-builder" for c in copies)
+    # the builder image's ID is part of the key, known only when it is built: no key before that
+    for _, r in rendered:
+        if r.kind == "copy-from":
+            assert r.stages == ["s4-builder"]
+            with pytest.raises(KeyError):
+                step_key("parent", r)
+            assert step_key("parent", r, {"s4-builder": "id-1"}) != step_key("parent", r, {"s4-builder": "id-2"})
 
 
 def test_runtime_config_user_ports_volumes_healthcheck_entrypoint(s4):
@@ -160,7 +167,7 @@ def test_ubi9_runtime_starts_from_the_radosgw_posix_image(s4):
     runtime = plan.node(S4)
     assert runtime.parent == UBI9_RADOSGW_IMAGE
     assert plan.node(S4Builder).parent.name == "imagefactory-base-ubi9"
-    install = next(r for _, r in render_steps(runtime, plan, {}, FileDigests()) if r.kind == "install")
+    install = next(p.rendered for p in runtime.planned if p.rendered.kind == "install")
     script = install.calls[0].argv[-1]
     assert script.startswith("dnf install") and "radosgw" not in script and "curl-minimal" in script
     # and on Debian the same recipe starts from the slim base

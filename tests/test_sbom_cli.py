@@ -65,7 +65,7 @@ def test_sbom_cli_writes_valid_documents_with_parents(project, tmp_path):
 def test_write_sboms_for_results_after_build(project, tmp_path):
     """The function `build` calls when `sbom_dir` is set."""
     from imagefactory.commands.supply import write_sboms_for_results
-    from imagefactory.recipe import load_recipes
+    from imagefactory.loader import load_recipes
 
     store, cfg = project
     load_recipes([str(tmp_path / "recipes")])

@@ -10,16 +10,17 @@ import time
 from pathlib import Path
 
 from ..buildah import BuildahError, Mount
+from ..steps import ConfigCall, CopyCall, HostCall, RunCall
 from ..cli import EXIT_FAIL, EXIT_OK, buildah_for, command, console, err_console, print_table
 from ..config import Settings
 from ..execute import BuildFailed, Executor
 from ..locks import store_lock
-from ..plan import (CACHE_REPO, FileDigests, build_plan, cache_ref, final_commits, git_facts, group_steps,
-                    image_format_of, render_steps, step_key)
 from .. import rootless
+from ..plan import Node, Plan, build_plan
 from ..platforms import host_debian_mirror
-from ..recipe import REGISTRY
+from ..recipe import CATALOGUE
 from ..ui import RichReporter, human_size
+from ..walk import CACHE_REPO, SCRATCH, Decision, NoCache, Provider, StoreIndex, cache_ref, walk
 
 
 def _targets(p: argparse.ArgumentParser) -> None:
@@ -34,7 +35,7 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     platform = get_platform(settings.platform)
     rows = []
     data = []
-    for cls in REGISTRY.targets():
+    for cls in CATALOGUE.targets():
         parent = resolve_parent(cls, platform)
         pname = parent.name if isinstance(parent, type) else (parent or "scratch")
         stages = ", ".join(f"{k}={v.name}" for k, v in (cls.stages or {}).items())
@@ -74,94 +75,103 @@ def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def describe_plan(targets: list[str], settings: Settings, read_store: bool = True) -> list[dict]:
-    """Plan as data: per image, per step: status (hit/miss/pending), key and the calls it makes."""
+    """Plan as data: per image, per step: status (hit/miss), where it comes from, key and its calls."""
     from ..buildah import Buildah
-    from ..execute import HOST_CA_ENV, HOST_CA_TARGET
-    from ..steps import ConfigCall, CopyCall, HostCall, RunCall
 
-    plan = build_plan(targets, settings)
-    revision, source = git_facts(plan)
+    plan = build_plan(targets, settings, progress=_progress_line)
     bd = Buildah(settings.storage)
     index = bd.image_index() if read_store else {}
-    digests = FileDigests()
+    provider: Provider = NoCache() if settings.no_cache else StoreIndex(index)
+    return [describe_image(node, decisions, plan, bd) for node, decisions in walk_plan(plan, provider, index)]
+
+
+def _progress_line(message: str) -> None:
+    if err_console.is_terminal:
+        err_console.print(f"[dim]{message}[/]", highlight=False)
+
+
+def walk_plan(plan: Plan, provider: Provider, external: dict[str, str]) -> list[tuple[Node, list[Decision]]]:
+    """Every image's decisions, for `plan`: the walk the build takes, with nothing built.
+
+    External parents are looked up by name in ``external`` (the store's listing); a step after
+    one that must run has an unknown key, and so has every image built on such an image.
+    """
     ids: dict[str, str] = {}
-    out = []
+    out: list[tuple[Node, list[Decision]]] = []
     for node in plan.nodes:
         parent = node.parent
         if isinstance(parent, type):
-            chain = ids.get(parent.name)
-            pname = parent.name
+            parent_id = ids.get(parent.name)
+        elif isinstance(parent, str):
+            parent_id = next((external[r] for r in (parent, f"docker.io/library/{parent}", f"localhost/{parent}")
+                              if r in external), None)
         else:
-            chain = index.get(parent) if isinstance(parent, str) else "scratch"
-            pname = parent or "scratch"
-        rendered = render_steps(node, plan, ids, digests)
-        groups, trailing = group_steps(rendered)
-        steps = []
-        i = 0
-        alive = chain is not None
-        for group in groups:
-            key = chain or "pending"
-            for _, r in group:
-                key = step_key(key, r)
-            hit = alive and not settings.no_cache and cache_ref(key) in index and not any(r.pending for _, r in group)
-            for step, r in group:
-                i += 1
-                calls = []
-                for c in r.calls:
-                    if isinstance(c, RunCall):
-                        env = dict(c.env)
-                        mounts = list(c.mounts)
-                        if settings.trust_host_ca:
-                            env.update({k: HOST_CA_TARGET for k in HOST_CA_ENV})
-                            mounts.append(Mount(target=HOST_CA_TARGET, source=settings.host_ca_bundle))
-                        calls.append(shlex.join(bd.argv(*bd.run_args("$CTR", list(c.argv), env=env, user=c.user,
-                                                                  workdir=c.workdir, mounts=mounts,
-                                                                  network=c.network))))
-                    elif isinstance(c, CopyCall):
-                        calls.append(shlex.join(bd.argv(*bd.copy_args("$CTR", list(c.sources), c.dest, chown=c.chown,
-                                                                    chmod=c.chmod, from_image=c.from_label
-                                                                    and f"{c.from_label}" or None))))
-                    elif isinstance(c, ConfigCall):
-                        calls.append(shlex.join(bd.argv("config", *c.args, "$CTR")))
-                    elif isinstance(c, HostCall):
-                        calls.append(c.description)
-                status = "hit" if hit else "miss"  # after a miss every later step runs too
-                secrets = sorted({sec.id for c in r.calls if isinstance(c, RunCall) for sec in c.secrets})
-                steps.append({"index": i, "kind": r.kind, "summary": r.summary, "status": status,
-                              "key": key if alive else None, "calls": calls, "secrets": secrets})
-            if hit:
-                chain = index[cache_ref(key)]
-            else:
-                alive = False
-        for _, r in trailing:
-            i += 1
-            steps.append({"index": i, "kind": r.kind, "summary": r.summary, "status": "miss",
-                          "key": None, "calls": [shlex.join(bd.argv("config", *c.args, "$CTR")) for c in r.calls]})
-        fmt = image_format_of(plan, node)
-        ref = node.recipe.image_ref()
-        for n, fc in enumerate(final_commits(node, plan, trailing, revision, source, fmt)):
-            key = step_key(chain, fc.rendered) if alive else None
-            hit = bool(key) and not settings.no_cache and cache_ref(key) in index
-            if n == 0:
-                for st in steps[len(steps) - len(trailing):]:
-                    st["status"] = "hit" if hit else "miss"
-            i += 1
-            target = ref if not fc.feeds_children or fc.squash else "$STABLE"
-            steps.append({"index": i, "kind": "final", "summary": fc.rendered.summary,
-                          "status": "hit" if hit else "miss", "key": key,
-                          "calls": [shlex.join(bd.argv("config", *fc.label_args, "$CTR")),
-                                    shlex.join(bd.argv("commit", "--format", fmt,
-                                                       *(["--squash"] if fc.squash else []), "$CTR", target))]})
-            if hit:
-                chain = index[cache_ref(key)]
-                if fc.feeds_children:
-                    ids[node.name] = chain
-            else:
-                alive = False
-        out.append({"image": node.name, "target": node.recipe.target_name(), "parent": pname,
-                    "squash": node.squash, "format": fmt, "platform": plan.platform.name,
-                    "deps": [d.name for d in node.deps], "steps": steps})
+            parent_id = SCRATCH
+        stage_ids = {d.name: ids[d.name] for d in node.deps if d.name in ids}
+        steps = walk(node, parent_id, stage_ids, provider)
+        decisions: list[Decision] = []
+        try:
+            decision = next(steps)
+            while True:
+                decisions.append(decision)
+                decision = steps.send(None)
+        except StopIteration as done:
+            if done.value:
+                ids[node.name] = done.value
+        out.append((node, decisions))
     return out
+
+
+def describe_image(node, decisions: list[Decision], plan: Plan, bd) -> dict:
+    steps = []
+    host_ca = plan.facts.host_ca if plan.facts else None
+    for d in decisions:
+        status = "hit" if d.hit else "miss"
+        common = {"status": status, "from": d.source, "key": d.key}
+        if d.is_final:
+            fc = d.unit
+            for p in fc.trailing:  # config-only steps after the last layer: applied in the first final commit
+                steps.append({"index": p.index, "kind": p.rendered.kind, "summary": p.rendered.summary, **common,
+                              "key": None, "calls": [format_call(c, bd, host_ca) for c in p.rendered.calls],
+                              "secrets": []})
+            target = node.recipe.image_ref() if not fc.feeds_children or fc.squash else "$STABLE"
+            steps.append({"index": fc.index, "kind": "final", "summary": fc.rendered.summary, **common,
+                          "calls": [shlex.join(bd.argv("config", *fc.label_args, "$CTR")),
+                                    shlex.join(bd.argv("commit", "--format", node.image_format,
+                                                       *(["--squash"] if fc.squash else []), "$CTR", target))],
+                          "secrets": []})
+            continue
+        for p in d.unit.steps:
+            secrets = sorted({sec.id for c in p.rendered.calls if isinstance(c, RunCall) for sec in c.secrets})
+            steps.append({"index": p.index, "kind": p.rendered.kind, "summary": p.rendered.summary, **common,
+                          "calls": [format_call(c, bd, host_ca) for c in p.rendered.calls], "secrets": secrets})
+    parent = node.parent
+    pname = parent.name if isinstance(parent, type) else (parent or "scratch")
+    return {"image": node.name, "target": node.recipe.target_name(), "parent": pname, "squash": node.squash,
+            "format": node.image_format, "platform": plan.platform.name, "deps": [d.name for d in node.deps],
+            "steps": steps}
+
+
+def format_call(c, bd, host_ca: str | None) -> str:
+    """One call as the command line the executor runs (`$CTR` for the working container)."""
+    from ..execute import HOST_CA_ENV, HOST_CA_TARGET
+
+    if isinstance(c, RunCall):
+        env = dict(c.env)
+        mounts = list(c.mounts)
+        if host_ca:
+            env.update({k: HOST_CA_TARGET for k in HOST_CA_ENV})
+            mounts.append(Mount(target=HOST_CA_TARGET, source=host_ca))
+        return shlex.join(bd.argv(*bd.run_args("$CTR", list(c.argv), env=env, user=c.user, workdir=c.workdir,
+                                               mounts=mounts, network=c.network)))
+    if isinstance(c, CopyCall):
+        return shlex.join(bd.argv(*bd.copy_args("$CTR", list(c.sources), c.dest, chown=c.chown, chmod=c.chmod,
+                                                from_image=c.from_stage)))
+    if isinstance(c, ConfigCall):
+        return shlex.join(bd.argv("config", *c.args, "$CTR"))
+    if isinstance(c, HostCall):
+        return c.description
+    raise TypeError(c)
 
 
 def _build_args(p: argparse.ArgumentParser) -> None:
@@ -197,7 +207,7 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_build(targets: list[str], settings: Settings, verbose: bool = False) -> tuple[dict, int]:
-    plan = build_plan(targets, settings)
+    plan = build_plan(targets, settings, progress=_progress_line)
     reporter = RichReporter(err_console, verbose=verbose)
     executor = Executor(settings, buildah_for(settings), reporter)
     try:
@@ -219,7 +229,7 @@ def cmd_images(args: argparse.Namespace, settings: Settings) -> int:
     records = {r.id: r for r in bd.images()}
     index = {n: r.id for r in records.values() for n in r.names}
     rows, data = [], []
-    for cls in REGISTRY:
+    for cls in CATALOGUE:
         ref = cls.image_ref()
         if ref not in index:
             continue
@@ -298,7 +308,7 @@ def cmd_cache(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK
     keep: set[str] = set()
     if not args.all:
-        targets = args.keep if args.keep else [c.target_name() for c in REGISTRY.targets()]
+        targets = args.keep if args.keep else [c.target_name() for c in CATALOGUE.targets()]
         for img in describe_plan(targets, settings):
             keep.update(cache_ref(s["key"]) for s in img["steps"] if s["key"] and s["status"] == "hit")
     doomed = sorted(n for n in entries if n not in keep)

@@ -10,7 +10,7 @@ from pathlib import Path
 from .. import podman, quadlet
 from ..cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE, buildah_for, command, console, err_console, settings_from
 from ..config import Settings
-from ..recipe import REGISTRY
+from ..recipe import CATALOGUE
 
 DEFAULT_QUADLET_OUT = "quadlet"
 
@@ -64,7 +64,7 @@ def _split_remainder(args: argparse.Namespace, settings: Settings) -> Settings:
 
 def _start(args: argparse.Namespace, settings: Settings, command_words: list[str], interactive: bool,
            entrypoint: str | None = None) -> int:
-    recipe = REGISTRY.get(args.target)
+    recipe = CATALOGUE.get(args.target)
     extra = {}
     for item in args.env or []:
         if "=" not in item:
@@ -125,7 +125,7 @@ def _quadlet_args(p: argparse.ArgumentParser) -> None:
 
 @command("quadlet", "Podman Quadlet .container units from the recipes' runtime settings", _quadlet_args)
 def cmd_quadlet(args: argparse.Namespace, settings: Settings) -> int:
-    units = [quadlet.render(REGISTRY.get(t), settings, project=args.project, registry=args.registry)
+    units = [quadlet.render(CATALOGUE.get(t), settings, project=args.project, registry=args.registry)
              for t in args.targets]
     data = [{"file": u.filename, "image": u.image, "secrets": u.secrets} for u in units]
     if args.out:

@@ -19,8 +19,8 @@ from rich.markup import escape
 from ..buildah import Buildah
 from ..cli import EXIT_FAIL, EXIT_OK, buildah_for, command, console, err_console, print_table
 from ..config import Settings
-from ..plan import build_plan
-from ..recipe import REGISTRY, Recipe, RecipeError
+from ..plan import resolve_graph
+from ..recipe import CATALOGUE, Recipe, RecipeError
 from ..registry import (PushRecord, find_pushed, is_loopback, new_record, normalize_registry, record_push,
                         remote_ref)
 from ..sign import ATTESTATION_TYPES, Cosign, SigningError, resolve_public_key, resolve_signing_key, signed_digests
@@ -55,7 +55,7 @@ def image_facts(settings: Settings, target: str | type[Recipe], bd: Buildah | No
     from ..sbom import BaseImage, ImageFacts
 
     bd = bd or buildah_for(settings)
-    cls = REGISTRY.get(target) if isinstance(target, str) else target
+    cls = CATALOGUE.get(target) if isinstance(target, str) else target
     ref = cls.image_ref()
     index = bd.image_index()
     if ref not in index:
@@ -63,7 +63,7 @@ def image_facts(settings: Settings, target: str | type[Recipe], bd: Buildah | No
     info = bd.inspect(ref)
     image_id = str(info.get("FromImageID") or index[ref]).removeprefix("sha256:")
     labels = _labels(info)
-    plan = build_plan([cls], settings)
+    plan = resolve_graph([cls], settings)
     parents: list[tuple[str, str]] = []
     base = None
     parent = plan.node(cls).parent
@@ -122,7 +122,7 @@ def sbom_for_target(settings: Settings, target: str | type[Recipe], out_dir: Pat
     from ..sbom import write_sboms
 
     bd = bd or buildah_for(settings)
-    cls = REGISTRY.get(target) if isinstance(target, str) else target
+    cls = CATALOGUE.get(target) if isinstance(target, str) else target
     facts = image_facts(settings, cls, bd, registry=registry)
     out = Path(out_dir) if out_dir else default_sbom_dir(settings)
     out.mkdir(parents=True, exist_ok=True)
@@ -181,7 +181,7 @@ def write_sboms_for_results(settings: Settings, report) -> dict[str, dict]:
         if img.get("status") not in ("built", "cached") or not img.get("image_id"):
             continue
         try:
-            cls = REGISTRY.get(img["name"])
+            cls = CATALOGUE.get(img["name"])
         except RecipeError:
             continue
         if cls.hidden:
@@ -239,9 +239,9 @@ def _tls_verify(args: argparse.Namespace, registry: str) -> bool:
 
 def push_target(settings: Settings, target: str, registry: str, *, tls_verify: bool = True,
                 bd: Buildah | None = None) -> PushRecord:
-    """Push a built target to ``REGISTRY/NAME:TAG`` and record the digest the registry serves."""
+    """Push a built target to ``CATALOGUE/NAME:TAG`` and record the digest the registry serves."""
     bd = bd or buildah_for(settings)
-    cls = REGISTRY.get(target)
+    cls = CATALOGUE.get(target)
     local = cls.image_ref()
     if not bd.exists(local):
         raise SupplyError(f"{local} is not built in this store: run `imagefactory build {cls.target_name()}` first")
@@ -334,7 +334,7 @@ def cmd_sign(args: argparse.Namespace, settings: Settings) -> int:
     sbom_dir = Path(args.sbom_dir) if args.sbom_dir else default_sbom_dir(settings)
     code = EXIT_OK
     for target in args.targets:
-        cls = REGISTRY.get(target)
+        cls = CATALOGUE.get(target)
         item: dict = {"target": cls.target_name(), "signed": False, "attested": {}}
         results.append(item)
         try:
@@ -409,7 +409,7 @@ def cmd_verify_signature(args: argparse.Namespace, settings: Settings) -> int:
     code = EXIT_OK
     rows = []
     for target in args.targets:
-        cls = REGISTRY.get(target)
+        cls = CATALOGUE.get(target)
         tag_ref = remote_ref(registry, cls.name, cls.version)
         rec = find_pushed(settings, ref=tag_ref)
         if args.pushed_digest:

@@ -7,7 +7,7 @@ import argparse
 from ..buildah import BuildahError
 from ..cli import EXIT_FAIL, EXIT_OK, buildah_for, command, console, err_console
 from ..config import Settings
-from ..recipe import REGISTRY, Recipe, RecipeError
+from ..recipe import CATALOGUE, Recipe, RecipeError
 from ..verify import PROFILES, check_size, print_report, verify_tree
 
 
@@ -22,7 +22,7 @@ def _args(p: argparse.ArgumentParser) -> None:
 def resolve_image(name: str) -> tuple[str, type[Recipe] | None]:
     """A known target or recipe name maps to its image ref; anything else is taken as an image reference."""
     try:
-        recipe = REGISTRY.get(name)
+        recipe = CATALOGUE.get(name)
     except RecipeError:
         return name, None
     return recipe.image_ref(), recipe

@@ -1,0 +1,307 @@
+"""The engine's seams: one walk for `plan` and `build`, one render per step, pure rendering, no import cycles."""
+
+from __future__ import annotations
+
+import ast
+import socket
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from conftest import REPO, SHARED_SOURCES, TINY_BASE
+from imagefactory import config
+from imagefactory.commands.build import describe_plan
+from imagefactory.execute import Executor
+from imagefactory.plan import build_plan, prepare, render, resolve_graph
+from imagefactory.prepare import FileDigests
+from imagefactory.recipe import Recipe
+from imagefactory.steps import CopyFrom, Run
+from imagefactory.walk import StoreIndex, walk
+
+PACKAGE = REPO / "imagefactory"
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+# --- import graph ----------------------------------------------------------------
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(REPO).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module → the imagefactory modules it imports anywhere (function bodies and TYPE_CHECKING too)."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    base = ".".join(anchor + ([node.module] if node.module else []))
+                for alias in node.names:
+                    target = f"{base}.{alias.name}"
+                    edges.add(target if target in modules else base)
+            elif isinstance(node, ast.Import):
+                edges.update(a.name for a in node.names)
+        graph[name] = {e for e in edges if e in modules and e != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycles_among_imagefactory_modules():
+    graph = import_graph()
+    assert "imagefactory.plan" in graph["imagefactory.execute"], "the graph must see real imports"
+    assert cycles(graph) == []
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_executor_uses_the_walk_not_plan_internals():
+    imported = {alias.name for node in ast.walk(ast.parse((PACKAGE / "execute.py").read_text()))
+                if isinstance(node, ast.ImportFrom) and node.module == "plan" for alias in node.names}
+    assert imported <= {"FinalCommit", "Layer", "Node", "Plan"}, imported
+
+
+# --- rendering is pure ----------------------------------------------------------------
+def _settings(tmp_path: Path, **kw):
+    base = {"source_cache": str(tmp_path / "sources"), "source_mirrors": [str(SHARED_SOURCES)],
+            "state_dir": str(tmp_path / "state"), "log_dir": str(tmp_path / "logs")}
+    base.update(kw)
+    return config.load(env={}, overrides=base)
+
+
+def test_render_and_walk_need_no_network_no_host_tools_no_buildah(tmp_path, monkeypatch):
+    """After prepare (fetch + verify sources, patch checks, digests), planning the shipped family works
+    with PATH emptied (no patch, git, buildah, debootstrap) and sockets refused."""
+    from imagefactory.loader import load_recipes
+
+    load_recipes()
+    settings = _settings(tmp_path)
+    prepared = prepare(resolve_graph(["dev", "ci", "s4"], settings), FileDigests())
+
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+
+    def no_network(*a, **kw):
+        raise AssertionError("rendering opened a socket")
+
+    monkeypatch.setattr(socket, "socket", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    plan = render(prepared)
+    kinds = Counter(p.rendered.kind for n in plan.nodes for p in n.planned)
+    assert kinds["library"] >= 10 and kinds["bootstrap"] == 1, kinds
+    cjson = [p.rendered for n in plan.nodes for p in n.planned if p.rendered.kind == "library"
+             and "cjson" in p.rendered.summary]
+    assert cjson and all("patch -p1" in r.calls[0].argv[-1] for r in cjson)
+    index = StoreIndex({})
+    for node in plan.nodes:
+        decisions = list(walk(node, "scratch", {}, index))
+        assert decisions and decisions[0].action == "run"
+
+
+def test_render_refuses_an_unprepared_plan(tmp_path):
+    from imagefactory.plan import PlanError
+
+    class Unprepared(Recipe):
+        """u"""
+        name = _unique("unprepared")
+        parent = TINY_BASE
+
+        def steps(self):
+            yield Run("true")
+
+    with pytest.raises(PlanError, match="prepare"):
+        render(resolve_graph([Unprepared], _settings(tmp_path)))
+
+
+# --- one steps() and one render per recipe per build ------------------------------------
+CALLS: Counter = Counter()
+
+
+@dataclass
+class CountedRun(Run):
+    """A Run that counts how often it is rendered."""
+
+    def render(self, ctx):
+        CALLS[f"render:{self.script}"] += 1
+        return super().render(ctx)
+
+
+def counted_family():
+    class Stage(Recipe):
+        """stage"""
+
+        name = _unique("count-stage")
+        parent = TINY_BASE
+        hidden = True
+
+        def steps(self):
+            CALLS[f"steps:{self.name}"] += 1
+            yield CountedRun("echo stage > /stage.txt")
+
+    class Top(Recipe):
+        """top"""
+
+        name = _unique("count-top")
+        parent = TINY_BASE
+        stages: ClassVar[dict] = {"stage": Stage}
+
+        def steps(self):
+            CALLS[f"steps:{self.name}"] += 1
+            yield CountedRun("echo top > /top.txt")
+            yield CopyFrom("stage", "/stage.txt", "/stage.txt")
+
+    return Stage, Top
+
+
+@pytest.mark.buildah
+def test_each_recipes_steps_and_each_render_happen_once_per_build(tiny_store):
+    from imagefactory.commands.build import run_build
+
+    CALLS.clear()
+    Stage, Top = counted_family()
+    report, code = run_build([Top.name], tiny_store.settings())
+    assert code == 0 and report["ok"], report
+    assert Counter({f"steps:{Stage.name}": 1, f"steps:{Top.name}": 1,
+                             "render:echo stage > /stage.txt": 1, "render:echo top > /top.txt": 1}) == CALLS, CALLS
+    CALLS.clear()
+    report, code = run_build([Top.name], tiny_store.settings())  # a no-op rebuild: the same, once each
+    assert code == 0 and all(img["status"] == "cached" for img in report["images"])
+    assert set(CALLS.values()) == {1} and len(CALLS) == 4, CALLS
+
+
+# --- plan and build agree -------------------------------------------------------------------
+def family(data_file: Path):
+    class Base(Recipe):
+        """walk family base"""
+
+        name = _unique("walk-base")
+        parent = TINY_BASE
+
+        def steps(self):
+            yield Run("echo base > /base.txt")
+            yield Run("mkdir -p /data")
+
+    class Stage(Recipe):
+        """walk family stage"""
+
+        name = _unique("walk-stage")
+        parent = TINY_BASE
+        hidden = True
+
+        def steps(self):
+            from imagefactory.steps import Copy
+
+            yield Copy(str(data_file), "/data.txt")
+            yield Run("wc -c /data.txt > /size.txt")
+
+    class Leaf(Base):
+        """walk family leaf"""
+
+        name = _unique("walk-leaf")
+        stages: ClassVar[dict] = {"stage": Stage}
+
+        def steps(self):
+            yield CopyFrom("stage", "/size.txt", "/data/size.txt")
+            yield Run("cat /data/size.txt")
+
+    return Base, Stage, Leaf
+
+
+def _planned(store, target) -> list[tuple[str, str, int, str | None]]:
+    data = describe_plan([target], store.settings())
+    return [(img["image"], s["kind"], s["index"], s["status"], s["key"]) for img in data for s in img["steps"]
+            if s["kind"] != "config"]
+
+
+def _built(report) -> list[tuple[str, str, int, str | None]]:
+    out = []
+    for img in report.results:
+        for s in img.steps:
+            out.append((img.name, s.kind, s.index, "hit" if s.status in ("hit", "final-hit") else "miss", s.key))
+    return out
+
+
+@pytest.mark.buildah
+def test_plan_and_build_reach_the_same_decision_for_every_step(tiny_store, tmp_path):
+    data = tmp_path / "data.txt"
+    data.write_text("one\n")
+    Base, Stage, Leaf = family(data)
+    settings = tiny_store.settings()
+
+    def build():
+        return Executor(settings, tiny_store.buildah()).execute(build_plan([Leaf], settings))
+
+    def compare(planned, built):
+        by_step = {(img, kind, index): (status, key) for img, kind, index, status, key in built}
+        assert len(planned) == len(by_step), (planned, built)
+        for img, kind, index, status, key in planned:
+            b_status, b_key = by_step[(img, kind, index)]
+            assert status == b_status, (img, kind, index, status, b_status)
+            if key is not None:  # plan knows a key until the first step that must run
+                assert key == b_key, (img, kind, index)
+
+    before = _planned(tiny_store, Leaf.name)
+    assert {s[3] for s in before} == {"miss"}
+    compare(before, _built(build()))
+    # all cached: plan says hit with the same keys the build used
+    after = _planned(tiny_store, Leaf.name)
+    assert {s[3] for s in after} == {"hit"} and all(s[4] for s in after)
+    compare(after, _built(build()))
+    # a file change: the stage's copy misses, and so does every later step of the stage and the leaf's copy
+    data.write_text("two two\n")
+    changed = _planned(tiny_store, Leaf.name)
+    status = {(img, kind, index): st for img, kind, index, st, _ in changed}
+    assert status[(Base.name, "run", 1)] == "hit" and status[(Stage.name, "copy", 1)] == "miss"
+    assert status[(Leaf.name, "copy-from", 1)] == "miss"
+    compare(changed, _built(build()))
