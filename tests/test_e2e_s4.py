@@ -195,8 +195,8 @@ class Podman:
         proc = self("logs", ctr, check=False)
         return proc.stdout + proc.stderr
 
-    def exec(self, ctr: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
-        return self("exec", ctr, *argv, check=check)
+    def exec(self, ctr: str, *argv: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        return self("exec", ctr, *argv, check=check, timeout=timeout)
 
     def cleanup(self) -> None:
         for ctr in self.containers:
@@ -431,9 +431,14 @@ def test_s4_runs_serves_s3_and_the_app_restarts_programs_and_keeps_data(s4_build
     assert state["ExitCode"] == 0, f"exit code {state['ExitCode']}\n{logs[-3000:]}"
     assert "SIGTERM" in logs and "stopped: rgw" in logs and "stopped: nodejs" in logs, logs[-3000:]
 
+    # the volume as the image before the db/ layout left it: the databases at its top
+    podman("run", "--rm", "--user", "123456:0", "-v", f"{volume}:{RGW}", "--entrypoint", "sh", IMAGE, "-c",
+           f"cd {RGW} && mv db/*.db . && mkdir data && ls *.db")
+
     # a new container on the same volume (the image's own backend): the user, the bucket and the object survive
     ctr2 = podman.run("--name", f"s4-e2e-{tag}-2", *run_args, IMAGE)
     wait_ready(podman, ctr2, app)
+    assert "moving the DBStore databases of an older layout" in podman.logs(ctr2)
     assert marker not in get_json(f"{app}/api/disclaimer", auth=None)["disclaimer"]
     s3_ready(s3)
     assert bucket in [b["Name"] for b in s3.list_buckets()["Buckets"]]

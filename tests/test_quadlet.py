@@ -261,13 +261,19 @@ def test_s4_units_through_quadlet_and_systemd(settings, tmp_path):
     from recipes.s4.recipe import S4
 
     units = quadlet.render_all(S4, settings)
+    assert [u.filename for u in units] == ["s4.container", "s4.network", "s4-rgw.volume", "s4-data.volume"]
     services = _all_services(units, tmp_path)
     rc, problems = systemd_verify(services, tmp_path / "generated")
     assert rc == 0 and problems == [], "\n".join(problems)
+    assert set(services) == {"s4.service", "s4-network.service", "s4-rgw-volume.service", "s4-data-volume.service"}
     argv = shlex.split(unit_value(services["s4.service"], "ExecStart")[0])
-    assert _pairs(argv, "--name") == ["s4"]
-    assert _pairs(argv, "--health-on-failure") == ["kill"]
+    assert _pairs(argv, "--name") == ["s4"] and _pairs(argv, "--network") == ["s4"]
+    assert _pairs(argv, "--health-on-failure") == ["kill"] and _pairs(argv, "--health-start-period") == ["2m"]
+    assert _pairs(argv, "--cpus") == ["2"] and _pairs(argv, "--memory") == ["2g"]
     assert _pairs(argv, "-v") == ["s4-rgw:/var/lib/ceph/radosgw:Z", "s4-data:/opt/app-root/src/data:Z"]
+    # the UI login and the S3 keys come from podman secrets, never from the unit
+    assert {s.split(",")[0] for s in _pairs(argv, "--secret")} == {
+        "s4-aws-access-key-id", "s4-aws-secret-access-key", "s4-ui-username", "s4-ui-password"}
 
 
 def test_health_on_failure_must_be_a_podman_action(settings):

@@ -53,7 +53,9 @@ fi
 # once (radosgw is not running yet), so users, buckets and objects stay.
 if [ -z "$(ls -A "$RGW/db" | grep -v '^rgw_posix_lmdbs$' || true)" ] && ls "$RGW"/*.db >/dev/null 2>&1; then
     log "moving the DBStore databases of an older layout into $RGW/db"
-    mv "$RGW"/*.db "$RGW/db/"
+    for f in "$RGW"/*.db "$RGW"/*.db-journal "$RGW"/*.db-wal "$RGW"/*.db-shm; do
+        if [ -e "$f" ]; then mv "$f" "$RGW/db/"; fi
+    done
     rmdir "$RGW/data" 2>/dev/null || true  # the old `rgw data` folder, empty
 fi
 # Stale pid files / admin sockets from a previous run of this container.
