@@ -376,3 +376,17 @@ def _load_cli_recipe(path: Path) -> type[Recipe]:
 
 def _settings_for(tmp_path: Path):
     return config.load(env={}, overrides={"state_dir": str(tmp_path / "cfg" / "state")})
+
+
+def test_quadlet_command_auto_update_without_a_push_says_what_to_do(tmp_path):
+    recipe = tmp_path / "recipes" / "qcli.py"
+    recipe.parent.mkdir()
+    recipe.write_text(RECIPE_FILE)
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "c"),
+           "XDG_CONFIG_HOME": str(tmp_path / "cfg"), "IMAGEFACTORY_RECIPE_PATHS": str(recipe.parent)}
+    proc = subprocess.run([sys.executable, "-m", "imagefactory", "quadlet", "qcli", "--auto-update", "registry"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    message = " ".join(proc.stderr.split())
+    assert "needs a pushed tag" in message and "imagefactory push qcli" in message, proc.stderr
+    assert "[Container]" not in proc.stdout
