@@ -32,7 +32,7 @@ import yaml
 
 from .config import Settings
 from .podman import volume_parts, effective_runtime, is_dev_image, is_named_volume, volume_with_options
-from .recipe import Recipe
+from .recipe import Recipe, Runtime
 
 PUSHED_FILE = "pushed.json"
 UNIT_DIR = "/etc/containers/systemd"  # rootful Quadlet units (rootless: ~/.config/containers/systemd)
@@ -166,7 +166,7 @@ def _header(origin: str, service: str) -> list[str]:
             f"#   systemctl daemon-reload && systemctl start {service}"]
 
 
-def _health_lines(recipe: type[Recipe], rt) -> list[str]:
+def _health_lines(recipe: type[Recipe], rt: Runtime) -> list[str]:
     if not rt.health_cmd:
         return []
     on_failure = rt.health_on_failure or HEALTH_DEFAULTS["on_failure"]
