@@ -72,8 +72,8 @@ def effective_runtime(recipe: type[Recipe], dev: bool | None = None) -> Runtime:
     if not dev:
         return rt
     volumes = list(rt.volumes)
-    own_targets = {_volume_parts(v)[1] for v in volumes}
-    volumes = [v for v in DEV_VOLUMES if _volume_parts(v)[1] not in own_targets] + volumes
+    own_targets = {volume_parts(v)[1] for v in volumes}
+    volumes = [v for v in DEV_VOLUMES if volume_parts(v)[1] not in own_targets] + volumes
     env = dict(DEV_ENVIRONMENT)
     env.update(rt.environment)
     return replace(
@@ -89,7 +89,7 @@ def effective_runtime(recipe: type[Recipe], dev: bool | None = None) -> Runtime:
     )
 
 
-def _volume_parts(spec: str) -> tuple[str, str, str]:
+def volume_parts(spec: str) -> tuple[str, str, str]:
     """``source:target[:options]`` → (source, target, options)."""
     parts = spec.split(":")
     if len(parts) < 2:
@@ -98,13 +98,13 @@ def _volume_parts(spec: str) -> tuple[str, str, str]:
 
 
 def is_named_volume(spec: str) -> bool:
-    source = _volume_parts(spec)[0]
+    source = volume_parts(spec)[0]
     return not (source.startswith("/") or source.startswith(".") or source.startswith("~"))
 
 
 def volume_with_options(spec: str, *extra: str) -> str:
     """Add options (``Z``, ``U``) to a volume spec, keeping the ones it already has."""
-    source, target, opts = _volume_parts(spec)
+    source, target, opts = volume_parts(spec)
     have = [o for o in opts.split(",") if o]
     for o in extra:
         if o not in have:
@@ -170,6 +170,8 @@ def run_args(spec: RunSpec) -> list[str]:
         args += ["--cpus", str(rt.cpus)]
     if rt.memory:
         args += ["--memory", str(rt.memory)]
+    if rt.pids_limit:
+        args += ["--pids-limit", str(rt.pids_limit)]
     if spec.dev and spec.project is not None:
         args += ["--volume", f"{spec.project}:{rt.mount_project}:Z"]
     for vol in rt.volumes:

@@ -41,6 +41,15 @@ class Runtime:
     memory: str | None = None
     workdir: str | None = None
     mount_project: str | None = None  # mount the current folder here (dev images)
+    # Health check timing (podman --health-*; quadlet Health*=): durations like "30s", "2m".
+    health_interval: str | None = None
+    health_timeout: str | None = None
+    health_start_period: str | None = None
+    health_retries: int | None = None
+    health_on_failure: str | None = None  # none | kill | restart | stop; quadlet defaults to kill
+    pids_limit: int | None = None
+    networks: list[str] = field(default_factory=list)  # quadlet: NAME.network units, joined by the container
+    volume_units: bool = False  # quadlet: a NAME.volume unit for every named volume
 
 
 class Recipe:

@@ -102,3 +102,25 @@ def dry_run(unit_dir: Path) -> dict[str, str]:
 def unit_value(service: str, key: str) -> list[str]:
     """Every value of KEY= in a generated service (e.g. ExecStart, Restart)."""
     return [line.split("=", 1)[1] for line in service.splitlines() if line.startswith(key + "=")]
+
+
+def systemd_verify(services: dict[str, str], unit_dir: Path) -> tuple[int, list[str]]:
+    """``systemd-analyze verify`` over generated services; (exit status, the lines that name them).
+
+    systemd-analyze prints problems (unknown keys, missing executables, bad values) and often still
+    exits 0, so callers assert on the lines as well as the status. Lines about other units on the
+    host (not written here) are left out.
+    """
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.fail("systemd-analyze is not installed: run ci/setup (apt-get install systemd)")
+    unit_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, text in services.items():
+        path = unit_dir / name
+        path.write_text(text)
+        paths.append(str(path))
+    proc = subprocess.run([tool, "verify", *paths], capture_output=True, text=True, timeout=120)
+    lines = (proc.stdout + proc.stderr).splitlines()
+    mine = [line for line in lines if str(unit_dir) in line or any(line.startswith(n + ":") for n in services)]
+    return proc.returncode, mine

@@ -68,9 +68,10 @@ def test_runtime_copies_only_built_artifacts_from_the_builder(s4):
     rendered = rendered_of(S4, settings())
     copies = [c for _, r in rendered for c in r.calls if isinstance(c, CopyCall) and c.from_stage]
     assert {(c.sources[0], c.dest) for c in copies} == {
-        ("/src/app/dist", "/opt/app-root/src/dist"),
-        ("/src/app/package.json", "/opt/app-root/src/package.json"),
-        ("/src/app/node_modules", "/opt/app-root/src/node_modules"),
+        ("/src/app/dist/server", "/opt/app-root/bin/s4/backend/dist"),
+        ("/src/app/package.json", "/opt/app-root/bin/s4/backend/package.json"),
+        ("/src/app/node_modules", "/opt/app-root/bin/s4/backend/node_modules"),
+        ("/src/app/dist/public", "/opt/app-root/bin/s4/frontend/dist"),
         ("/out/bin/s5cmd", "/usr/local/bin/s5cmd"),
     }
     assert all(c.from_stage == "s4-builder" for c in copies)
@@ -105,7 +106,7 @@ def test_runtime_config_user_ports_volumes_healthcheck_entrypoint(s4):
 def test_runtime_settings_keep_secrets_out_of_the_environment(s4):
     S4, _ = s4
     rt = S4.runtime
-    assert rt.secrets == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+    assert rt.secrets == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "UI_USERNAME", "UI_PASSWORD"]
     assert not set(rt.secrets) & set(rt.environment)
     assert rt.user == "1001" and rt.group == "0"
     assert rt.ports == ["7480:7480", "5000:5000"]
@@ -155,7 +156,7 @@ def test_cli_plan_with_set_s4_context(tmp_path):
     assert len(copy) == 1 and str(ctx) in copy[0]["calls"][0] and copy[0]["calls"][0].endswith(" /src/app")
     runtime = plan[-1]
     assert "s4-builder" in runtime["deps"]
-    assert sum(s["kind"] == "copy-from" for s in runtime["steps"]) == 4
+    assert sum(s["kind"] == "copy-from" for s in runtime["steps"]) == 5  # backend dist, package.json, node_modules; frontend; s5cmd
 
 
 def test_ubi9_runtime_starts_from_the_radosgw_posix_image(s4):

@@ -118,25 +118,44 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 def _quadlet_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("targets", nargs="+", metavar="TARGET", help="targets to write units for")
-    p.add_argument("--out", metavar="DIR", help="write NAME.container files here (default: print them)")
+    p.add_argument("--out", metavar="DIR", help="write the unit files here (default: print them)")
     p.add_argument("--project", metavar="DIR", help="project folder for dev-shell units (default: current folder)")
     p.add_argument("--registry", help="use the digest `push` recorded for this registry (default: the newest push)")
+    p.add_argument("--auto-update", choices=quadlet.AUTO_UPDATE, metavar="{registry,local}",
+                   help="AutoUpdate=registry follows the pushed tag (podman auto-update pulls when it moves) "
+                        "instead of pinning the digest; local follows the local tag")
+    p.add_argument("--butane", action="store_true",
+                   help=f"Butane storage.files entries placing the units in {quadlet.UNIT_DIR}/ "
+                        "(printed, or written to DIR/quadlet.bu with --out)")
 
 
-@command("quadlet", "Podman Quadlet .container units from the recipes' runtime settings", _quadlet_args)
+@command("quadlet", "Podman Quadlet units (.container, .network, .volume) from the recipes' runtime settings",
+         _quadlet_args)
 def cmd_quadlet(args: argparse.Namespace, settings: Settings) -> int:
-    units = [quadlet.render(CATALOGUE.get(t), settings, project=args.project, registry=args.registry)
-             for t in args.targets]
+    try:
+        units = quadlet.merge([u for t in args.targets
+                               for u in quadlet.render_all(CATALOGUE.get(t), settings, project=args.project,
+                                                           registry=args.registry, auto_update=args.auto_update)])
+    except quadlet.QuadletError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return EXIT_USAGE
     data = [{"file": u.filename, "image": u.image, "secrets": u.secrets} for u in units]
+    butane = quadlet.butane(units) if args.butane else None
     if args.out:
         paths = quadlet.write_units(units, Path(args.out))
-        for path in paths:
-            console.print(f"wrote {path}", highlight=False)
         for d, path in zip(data, paths):
             d["path"] = str(path)
+        if butane is not None:
+            bu = Path(args.out) / "quadlet.bu"
+            bu.write_text(butane)
+            paths.append(bu)
+        for path in paths:
+            console.print(f"wrote {path}", highlight=False)
+    elif butane is not None:
+        print(butane, end="")
     else:
         for unit in units:
             print(f"# --- {unit.filename}")
             print(unit.text)
-    args._report_data = {"units": data}
+    args._report_data = {"units": data, "auto_update": args.auto_update, "butane": args.butane}
     return EXIT_OK if units else EXIT_USAGE

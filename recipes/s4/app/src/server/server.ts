@@ -1,16 +1,31 @@
 // S4 example backend: plain node:http, no runtime dependencies.
 //   GET /api/disclaimer -> {"disclaimer": "...", "status": "ok"}   (health check)
 //   GET /api/buckets    -> {"buckets": [...]} from the local RADOS Gateway
-//   GET /, /app.js ...  -> the webpack bundle in dist/public
+//   GET /, /app.js ...  -> the webpack bundle (the frontend)
+// With UI_USERNAME and UI_PASSWORD set, everything but /api/disclaimer needs HTTP basic auth.
 import * as fs from "node:fs";
 import * as http from "node:http";
 import * as path from "node:path";
+import { authFromEnv, authorize } from "./auth";
 import { configFromEnv, listBuckets } from "./s3";
 
 const HOST = process.env.IP || "0.0.0.0";
 const PORT = Number(process.env.PORT || 5000);
-// dist/server/server.js -> dist/public
-const PUBLIC_DIR = path.resolve(__dirname, "..", "public");
+// The image: backend/dist/server.js next to frontend/dist; a local build: dist/server -> dist/public.
+function publicDir(): string {
+  if (process.env.S4_FRONTEND_DIR) return path.resolve(process.env.S4_FRONTEND_DIR);
+  const image = path.resolve(__dirname, "..", "..", "frontend", "dist");
+  return fs.existsSync(image) ? image : path.resolve(__dirname, "..", "public");
+}
+const PUBLIC_DIR = publicDir();
+const AUTH = (() => {
+  try {
+    return authFromEnv();
+  } catch (e) {
+    console.error(`s4 app: ${(e as Error).message}`);
+    process.exit(2);
+  }
+})();
 
 const DISCLAIMER =
   "S4 is a demo S3-compatible storage (Ceph RADOS Gateway with the SQLite DBStore backend). " +
@@ -60,6 +75,7 @@ async function handle(req: http.IncomingMessage, res: http.ServerResponse): Prom
   if (req.method !== "GET" && req.method !== "HEAD") {
     return sendJson(res, 405, { status: "error", error: "method not allowed" });
   }
+  if (!authorize(AUTH, urlPath, req, res)) return;
   if (urlPath === "/api/disclaimer") {
     return sendJson(res, 200, { disclaimer: DISCLAIMER, status: "ok" });
   }
@@ -83,7 +99,8 @@ const server = http.createServer((req, res) => {
 });
 
 server.listen(PORT, HOST, () => {
-  console.log(`s4 app listening on http://${HOST}:${PORT} (S3 endpoint ${configFromEnv().endpoint})`);
+  console.log(`s4 app listening on http://${HOST}:${PORT} (S3 endpoint ${configFromEnv().endpoint}, ` +
+              `UI login ${AUTH ? "on" : "off"}, frontend ${PUBLIC_DIR})`);
 });
 
 function shutdown(signal: string): void {
