@@ -37,7 +37,7 @@ class Settings:
     isolation: str = "chroot"
     # what to build and how
     platform: str = "debian"
-    jobs: int = 2
+    jobs: int = field(default_factory=lambda: os.cpu_count() or 2)  # containers running at once
     squash: bool = True
     no_cache: bool = False
     source_date_epoch: int | None = None

@@ -127,6 +127,8 @@ class Executor:
         self._host_ca: str | None = None
         self._reaped = False
         self.remote: Provider | None = None  # a registry cache, tried after the local store
+        self._finished: dict[str, threading.Event] = {}
+        self._slots = threading.BoundedSemaphore(max(1, settings.jobs))
         self._platform = None
         self._notes: list[str] = []
         self._interrupted = 0  # signal number, set by the handler (see _interrupts_as_flag)
@@ -158,19 +160,22 @@ class Executor:
 
     # -- scheduling -----------------------------------------------------------
     def _run_graph(self, plan: Plan, results: dict[str, ImageResult]) -> None:
+        """Schedule steps, not images: an image starts as soon as its parent exists, and a layer that
+        copies from a stage waits for just that stage. ``--jobs`` bounds the containers running at
+        once (a waiting image holds no slot), so `build`'s package install overlaps its library stage."""
         pending = list(plan.nodes)
         done: set[str] = set()
         failed: BuildFailed | Exception | None = None
         running: dict[Future, Node] = {}
-        with ThreadPoolExecutor(max_workers=max(1, self.settings.jobs)) as pool:
+        self._finished = {n.name: threading.Event() for n in plan.nodes}
+        self._slots = threading.BoundedSemaphore(max(1, self.settings.jobs))
+        with ThreadPoolExecutor(max_workers=max(1, len(plan.nodes))) as pool:
             try:
                 while pending or running:
                     if self._interrupted:
                         raise KeyboardInterrupt
                     if failed is None:
-                        for node in [n for n in pending if all(d.name in done for d in n.deps)]:
-                            if len(running) >= max(1, self.settings.jobs):
-                                break
+                        for node in [n for n in pending if _parent_name(n) is None or _parent_name(n) in done]:
                             pending.remove(node)
                             running[pool.submit(self._build_node, plan, node, results[node.name])] = node
                     if not running:
@@ -183,22 +188,42 @@ class Executor:
                         exc = fut.exception()
                         if exc is None:
                             done.add(node.name)
+                        elif isinstance(exc, _StageMissing):
+                            results[node.name].status = "skipped"
                         else:
                             results[node.name].status = "failed"
                             results[node.name].error = str(exc)
                             failed = failed or exc
                             if isinstance(exc, BuildFailed):
                                 self.reporter.failed(exc)
+                        self._finished[node.name].set()
+                    if failed is not None:  # nothing new starts; images waiting for these stages give up
+                        for node in pending:
+                            self._finished[node.name].set()
             except KeyboardInterrupt:
                 self.buildah.cancel()
                 for fut in running:
                     fut.cancel()
+                for event in self._finished.values():
+                    event.set()
                 wait(list(running))
                 raise
         for node in pending:
             results[node.name].status = "skipped"
         if failed is not None:
             raise failed
+
+    def _stage_image(self, name: str) -> str:
+        """Wait until the stage ``name`` is built (holding no job slot); its image ID."""
+        event = self._finished[name]
+        while not event.wait(0.5):
+            if self._interrupted or self.buildah.cancelled:
+                raise KeyboardInterrupt
+        with self._lock:
+            image_id = self._image_ids.get(name)
+        if image_id is None:
+            raise _StageMissing(name)
+        return image_id
 
     # -- one image ------------------------------------------------------------
     def _build_node(self, plan: Plan, node: Node, result: ImageResult) -> None:
@@ -213,15 +238,20 @@ class Executor:
     def _build_node_locked(self, plan: Plan, node: Node, result: ImageResult) -> None:
         started = time.monotonic()
         parent_id = self._parent_image_id(node)
-        with self._lock:
-            stage_ids = {d.name: self._image_ids[d.name] for d in node.deps if d.name in self._image_ids}
+        stage_ids: dict[str, str] = {}  # filled as layers that copy from stages come up (the walk reads it)
         self.reporter.image_started(node, node.total_steps)
         steps = walk(node, parent_id or SCRATCH, stage_ids, self._provider())
         last: Found | None = None  # the newest hit, pulled from a registry only if something builds on it
         for_children = None
         reply: str | None = None
+        layer_no = 0
         try:
             while True:
+                if layer_no < len(node.layers):
+                    for stage in node.layers[layer_no].stages:
+                        if stage not in stage_ids:
+                            stage_ids[stage] = self._stage_image(stage)
+                    layer_no += 1
                 decision = steps.send(reply)
                 if decision.hit:
                     self._record_hit(node, decision, result)
@@ -229,7 +259,8 @@ class Executor:
                     continue
                 base = self._local(last, node) if last else decision.base
                 last = None
-                reply = self._run(node, decision, base, stage_ids, result)
+                with self._slots:
+                    reply = self._run(node, decision, base, stage_ids, result)
         except StopIteration as done:
             for_children = done.value
         final_id = self._local(last, node) if last else reply
@@ -504,6 +535,14 @@ def _interrupts_as_flag(executor: Executor):
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+class _StageMissing(RuntimeError):
+    """A stage this image copies from was not built (it failed, or the build stopped)."""
+
+
+def _parent_name(node: Node) -> str | None:
+    return node.parent.name if isinstance(node.parent, type) else None
 
 
 class _LiveIndex:

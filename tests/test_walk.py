@@ -305,3 +305,62 @@ def test_plan_and_build_reach_the_same_decision_for_every_step(tiny_store, tmp_p
     assert status[(Base.name, "run", 1)] == "hit" and status[(Stage.name, "copy", 1)] == "miss"
     assert status[(Leaf.name, "copy-from", 1)] == "miss"
     compare(changed, _built(build()))
+
+
+# --- step-level scheduling ------------------------------------------------------------------
+def overlap_family():
+    class SlowStage(Recipe):
+        """a stage that takes a while"""
+
+        name = _unique("slow-stage")
+        parent = TINY_BASE
+        hidden = True
+
+        def steps(self):
+            yield Run("sleep 4; cat /proc/uptime > /stage-done")
+
+    class User(Recipe):
+        """copies from the slow stage after a step of its own"""
+
+        name = _unique("stage-user")
+        parent = TINY_BASE
+        stages: ClassVar[dict] = {"slow": SlowStage}
+
+        def steps(self):
+            yield Run("cat /proc/uptime > /own-start")
+            yield CopyFrom("slow", "/stage-done", "/stage-done")
+
+    return SlowStage, User
+
+
+def _uptime(store, image: str, path: str) -> float:
+    import subprocess
+
+    bd = ["buildah", *store.args()]
+    ctr = subprocess.run([*bd, "from", image], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        mnt = subprocess.run([*bd, "mount", ctr], capture_output=True, text=True, check=True).stdout.strip()
+        return float((Path(mnt) / path.lstrip("/")).read_text().split()[0])
+    finally:
+        subprocess.run([*bd, "rm", ctr], capture_output=True)
+
+
+@pytest.mark.buildah
+def test_an_image_starts_before_the_stage_it_copies_from_is_done(tiny_store):
+    """The image's own first step needs only its parent, so it runs while the stage builds."""
+    SlowStage, User = overlap_family()
+    settings = tiny_store.settings(jobs=2)
+    report = Executor(settings, tiny_store.buildah()).execute(build_plan([User], settings))
+    assert report.ok
+    user = User.image_ref()
+    assert _uptime(tiny_store, user, "/own-start") < _uptime(tiny_store, user, "/stage-done"), \
+        "the image waited for the whole stage before its first step"
+
+
+@pytest.mark.buildah
+def test_one_job_still_builds_a_family_with_stages(tiny_store):
+    """A waiting image holds no job slot, so --jobs 1 cannot deadlock on a stage."""
+    SlowStage, User = overlap_family()
+    settings = tiny_store.settings(jobs=1)
+    report = Executor(settings, tiny_store.buildah()).execute(build_plan([User], settings))
+    assert report.ok and {r.status for r in report.results} == {"built"}

@@ -176,7 +176,9 @@ def format_call(c, bd, host_ca: str | None) -> str:
 
 def _build_args(p: argparse.ArgumentParser) -> None:
     _targets(p)
-    p.add_argument("--jobs", "-j", type=int, help="images built concurrently (default 2)")
+    p.add_argument("--jobs", "-j", type=int,
+                   help="steps (containers) run at once; images start as soon as their parent exists "
+                        "(default: the number of cores)")
     p.add_argument("--no-cache", action="store_true", help="run every step; refresh the cache entries")
     p.add_argument("--check-reproducible", action="store_true",
                    help="build twice, cold, in two temporary stores and report which steps differ")
