@@ -39,6 +39,8 @@ class Settings:
     platform: str = "debian"
     jobs: int = field(default_factory=lambda: os.cpu_count() or 2)  # containers running at once
     squash: bool = True
+    # overlay stacks at most ~128 layers: an image whose chain would pass this builds on a flattened parent
+    max_layers: int = 100
     no_cache: bool = False
     source_date_epoch: int | None = None
     # where things come from

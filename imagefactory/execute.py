@@ -296,8 +296,9 @@ class Executor:
 
     def _record_hit(self, node: Node, decision: Decision, result: ImageResult) -> None:
         total = node.total_steps
-        if decision.is_final:
-            rec = StepRecord(decision.unit.index, "final", decision.unit.rendered.summary, decision.key, "final-hit",
+        if decision.is_final or decision.is_flatten:
+            kind, status = ("final", "final-hit") if decision.is_final else ("flatten", "hit")
+            rec = StepRecord(decision.unit.index, kind, decision.unit.rendered.summary, decision.key, status,
                              source=decision.source)
             result.steps.append(rec)
             result.hits += 1
@@ -315,6 +316,17 @@ class Executor:
         total = node.total_steps
         image = None if base == SCRATCH else base
         t0 = time.monotonic()
+        if decision.is_flatten:
+            rec = StepRecord(0, "flatten", decision.unit.rendered.summary, decision.key, "run")
+            self.reporter.step(node, rec, total, running=True)
+            self._note(f"{node.name}: {decision.unit.rendered.summary}")
+            with self._container(image, node) as ctr:
+                new_id = self._commit(ctr, node, 0, decision.key, squash=True, image_format=node.image_format)
+            rec.seconds = time.monotonic() - t0
+            result.misses += 1
+            result.steps.append(rec)
+            self.reporter.step(node, rec, total, running=False)
+            return new_id
         if decision.is_final:
             fc: FinalCommit = decision.unit
             rec = StepRecord(fc.index, "final", fc.rendered.summary, decision.key, "final")

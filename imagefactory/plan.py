@@ -69,6 +69,16 @@ class FinalCommit:
         return [c for p in self.trailing for c in p.rendered.calls]
 
 
+@dataclass(frozen=True)
+class Flatten:
+    """Squash the parent into one layer before this image's steps: its chain would pass the layer budget."""
+
+    rendered: Rendered
+    depth: int  # layers the image would stack without it
+
+    index: int = 0
+
+
 @dataclass
 class Node:
     """One image of the plan."""
@@ -83,6 +93,8 @@ class Node:
     layers: list[Layer] = field(default_factory=list)  # filled by render()
     finals: list[FinalCommit] = field(default_factory=list)
     image_format: str = "oci"
+    flatten: Flatten | None = None  # set by render() when the chain would pass `max_layers`
+    depth: int = 0  # layers of the image children build on (1 when squashed)
 
     @property
     def name(self) -> str:
@@ -100,7 +112,7 @@ class Node:
 
     @property
     def total_steps(self) -> int:
-        return sum(len(layer.steps) for layer in self.layers) + len(self.finals)
+        return sum(len(layer.steps) for layer in self.layers) + len(self.finals) + (1 if self.flatten else 0)
 
 
 @dataclass
@@ -309,6 +321,7 @@ def render(prepared: Plan) -> Plan:
         raise PlanError("render() needs a prepared plan: call prepare() first (or build_plan())")
     nodes: list[Node] = []
     formats: dict[str, str] = {}
+    depths: dict[str, int] = {}
     for node in prepared.nodes:
         ctx = RenderContext(prepared.settings, prepared.platform, node.recipe, node.base_variant)
         planned: list[PlannedStep] = []
@@ -323,8 +336,27 @@ def render(prepared: Plan) -> Plan:
         formats[node.name] = fmt
         done = replace(node, layers=layers, image_format=fmt)
         done.finals = final_commits(done, prepared.settings, prepared.facts, trailing, first_index=len(planned) + 1)
+        _budget_layers(done, depths, prepared.settings.max_layers)
         nodes.append(done)
     return replace(prepared, nodes=nodes, rendered=True)
+
+
+def _budget_layers(node: Node, depths: dict[str, int], budget: int) -> None:
+    """Keep every chain under overlay's depth limit: flatten the parent when this image would pass ``budget``.
+
+    The flattened parent is its own cache entry (keyed on the parent's ID), so the keys of this
+    image's steps keep their meaning: same parent, same flattening, same keys.
+    """
+    start = depths.get(node.parent.name, 1) if isinstance(node.parent, type) else 1
+    own = len(node.layers) + len(node.finals)
+    if start > 1 and start + own > budget:
+        parent = node.parent.name if isinstance(node.parent, type) else node.parent
+        node.flatten = Flatten(Rendered("flatten", f"flatten {parent} into one layer ({start} layers; "
+                                        f"{start + own} would pass the budget of {budget})",
+                                        [], [f"budget={budget}"]),
+                               start + own)
+        start = 1
+    depths[node.name] = 1 if node.squash else start + own
 
 
 def _group(planned: list[PlannedStep]) -> tuple[list[Layer], list[PlannedStep]]:
@@ -403,5 +435,5 @@ def final_commits(node: Node, settings: Settings, facts: HostFacts, trailing: li
     return [first, second]
 
 
-__all__ = ["FinalCommit", "Layer", "Node", "Plan", "PlanError", "PlannedStep", "build_plan", "oci_labels",
+__all__ = ["FinalCommit", "Flatten", "Layer", "Node", "Plan", "PlanError", "PlannedStep", "build_plan", "oci_labels",
            "prepare", "render", "resolve_graph", "resolve_parent", "resolve_stage"]

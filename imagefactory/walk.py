@@ -18,7 +18,7 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from .plan import FinalCommit, Layer, Node
+from .plan import FinalCommit, Flatten, Layer, Node
 from .steps import Rendered
 
 CACHE_REPO = "localhost/imagefactory-cache"
@@ -102,7 +102,7 @@ class Decision:
     """
 
     node: Node
-    unit: Layer | FinalCommit
+    unit: Layer | FinalCommit | Flatten
     action: str
     key: str | None
     base: str | None
@@ -111,6 +111,10 @@ class Decision:
     @property
     def is_final(self) -> bool:
         return isinstance(self.unit, FinalCommit)
+
+    @property
+    def is_flatten(self) -> bool:
+        return isinstance(self.unit, Flatten)
 
     @property
     def hit(self) -> bool:
@@ -133,6 +137,14 @@ def walk(node: Node, parent_id: str | None, stage_ids: Mapping[str, str], provid
     (the stable commit of a non-leaf image), or None when unknown.
     """
     base = parent_id  # None: unknown (a parent or stage that is not built yet)
+    if node.flatten:
+        key = step_key(base, node.flatten.rendered) if base else None
+        found = provider.find(key) if key else None
+        if found:
+            yield Decision(node, node.flatten, "hit", key, base, found)
+            base = found.image_id
+        else:
+            base = yield Decision(node, node.flatten, "run", key, base)
     for layer in node.layers:
         key = _key(base, layer, stage_ids)
         found = provider.find(key) if key else None

@@ -364,3 +364,50 @@ def test_one_job_still_builds_a_family_with_stages(tiny_store):
     settings = tiny_store.settings(jobs=1)
     report = Executor(settings, tiny_store.buildah()).execute(build_plan([User], settings))
     assert report.ok and {r.status for r in report.results} == {"built"}
+
+
+# --- layer budget -------------------------------------------------------------------------
+def deep_chain(links: int, steps_each: int):
+    """Links of ``steps_each`` layers; the last is not squashed, so its layer count shows the flattening."""
+    chain = []
+    parent = TINY_BASE
+    for i in range(links):
+        attrs = {"__doc__": f"link {i}", "name": _unique(f"deep{i}"), "parent": parent,
+                 "squash": False if i == links - 1 else None,
+                 "steps": lambda self, i=i: (Run(f"echo {i}.{j} > /l{i}-{j}") for j in range(steps_each))}
+        cls = type(f"Deep{i}", (Recipe,), attrs)
+        chain.append(cls)
+        parent = cls
+    return chain
+
+
+def test_a_chain_past_the_layer_budget_builds_on_a_flattened_parent(tmp_path):
+    """Pure: links of 4 steps stack 6 layers each (+2 final commits), so with a budget of 14 the
+    third link (13 + 5 layers) builds on a flattened parent; its keys still chain on the parent's ID."""
+    chain = deep_chain(3, 4)
+    settings = _settings(tmp_path, max_layers=14)
+    plan = build_plan([chain[-1]], settings)
+    flat = {n.name: n.flatten for n in plan.nodes}
+    assert flat[chain[0].name] is None and flat[chain[1].name] is None
+    assert flat[chain[2].name] is not None and "budget of 14" in flat[chain[2].name].rendered.summary
+    decisions = list(walk(plan.node(chain[2]), "parent-id", {}, StoreIndex({})))
+    assert decisions[0].is_flatten and decisions[0].key
+    assert list(walk(plan.node(chain[2]), "parent-id", {}, StoreIndex({})))[0].key == decisions[0].key
+
+
+@pytest.mark.buildah
+def test_deep_chain_builds_and_rebuilds_with_the_flattened_parent_cached(tiny_store):
+    chain = deep_chain(3, 4)
+    settings = tiny_store.settings(max_layers=14)
+    report = Executor(settings, tiny_store.buildah()).execute(build_plan([chain[-1]], settings))
+    assert report.ok and any("flatten" in n for n in report.notes), report.notes
+    last = next(r for r in report.results if r.name == chain[-1].name)
+    assert [s.kind for s in last.steps][0] == "flatten"
+    import subprocess
+
+    layers = subprocess.run(["buildah", *tiny_store.args(), "inspect", "--format",
+                             "{{len .OCIv1.RootFS.DiffIDs}}", chain[-1].image_ref()],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    assert int(layers) == 1 + 4 + 1, layers  # the flattened parent, 4 steps, the final commit (18 without)
+    again = Executor(settings, tiny_store.buildah()).execute(build_plan([chain[-1]], settings))
+    assert all(r.status == "cached" for r in again.results)

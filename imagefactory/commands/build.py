@@ -128,6 +128,10 @@ def describe_image(node, decisions: list[Decision], plan: Plan, bd) -> dict:
     for d in decisions:
         status = "hit" if d.hit else "miss"
         common = {"status": status, "from": d.source, "key": d.key}
+        if d.is_flatten:
+            steps.append({"index": 0, "kind": "flatten", "summary": d.unit.rendered.summary, **common,
+                          "calls": [shlex.join(bd.argv("commit", "--squash", "$CTR", "$FLAT"))], "secrets": []})
+            continue
         if d.is_final:
             fc = d.unit
             for p in fc.trailing:  # config-only steps after the last layer: applied in the first final commit
