@@ -309,6 +309,12 @@ class Executor:
             result.steps.append(rec)
             result.hits += 1
             self.reporter.step(node, rec, total, running=False)
+        if decision.unit.final:
+            fc = decision.unit.final
+            rec = StepRecord(fc.index, "final", fc.rendered.summary, decision.key, "final-hit", source=decision.source)
+            result.steps.append(rec)
+            result.hits += 1
+            self.reporter.step(node, rec, total, running=False)
 
     def _run(self, node: Node, decision: Decision, base: str, stage_ids: dict[str, str],
              result: ImageResult) -> str:
@@ -355,9 +361,17 @@ class Executor:
                 result.steps.append(rec)
                 result.misses += 1
                 self.reporter.step(node, rec, total, running=False)
+            fc = layer.final
+            if fc:  # the image's final config + labels, in the same container
+                rec = StepRecord(fc.index, "final", fc.rendered.summary, decision.key, "final")
+                for call in fc.calls:
+                    self._call(node, fc.index, "config", call, ctr, None, stage_ids)
+                ctr.config(list(fc.label_args))
+                result.steps.append(rec)
+                result.misses += 1
             new_id = self._commit(ctr, node, layer.steps[-1].index, decision.key, squash=False,
-                                  image_format=node.image_format)
-        if len(layer.steps) == 1:
+                                  image_format=node.image_format, final=bool(fc))
+        if len(layer.steps) == 1 and not fc:
             result.steps[-1].seconds = time.monotonic() - t0
         return new_id
 

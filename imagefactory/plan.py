@@ -39,21 +39,6 @@ class PlannedStep:
 
 
 @dataclass(frozen=True)
-class Layer:
-    """Steps run in one working container and committed together: one cache entry."""
-
-    steps: tuple[PlannedStep, ...]
-
-    @property
-    def first(self) -> int:
-        return self.steps[0].index
-
-    @property
-    def stages(self) -> list[str]:
-        return [s for p in self.steps for s in p.rendered.stages]
-
-
-@dataclass(frozen=True)
 class FinalCommit:
     """One of the commits that finish an image: config + labels, squashed for leaves."""
 
@@ -67,6 +52,26 @@ class FinalCommit:
     @property
     def calls(self) -> list:
         return [c for p in self.trailing for c in p.rendered.calls]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """Steps run in one working container and committed together: one cache entry.
+
+    ``final``: the image's first final commit (config + labels) folded into this, its last layer,
+    so an image that is not squashed costs no extra container, commit or layer to finish.
+    """
+
+    steps: tuple[PlannedStep, ...]
+    final: FinalCommit | None = None
+
+    @property
+    def first(self) -> int:
+        return self.steps[0].index
+
+    @property
+    def stages(self) -> list[str]:
+        return [s for p in self.steps for s in p.rendered.stages]
 
 
 @dataclass(frozen=True)
@@ -106,13 +111,20 @@ class Node:
         return self.recipe.squash if self.recipe.squash is not None else (self.leaf and self.shipped)
 
     @property
+    def all_finals(self) -> list[FinalCommit]:
+        """The final commits, the one folded into the last layer included."""
+        folded = [self.layers[-1].final] if self.layers and self.layers[-1].final else []
+        return folded + list(self.finals)
+
+    @property
     def planned(self) -> list[PlannedStep]:
         """Every step of the image in order, rendered (layers, then trailing config steps)."""
-        return [p for layer in self.layers for p in layer.steps] + [p for fc in self.finals for p in fc.trailing]
+        return [p for layer in self.layers for p in layer.steps] + [p for fc in self.all_finals for p in fc.trailing]
 
     @property
     def total_steps(self) -> int:
-        return sum(len(layer.steps) for layer in self.layers) + len(self.finals) + (1 if self.flatten else 0)
+        return (sum(len(layer.steps) for layer in self.layers) + len(self.all_finals)
+                + (1 if self.flatten else 0))
 
 
 @dataclass
@@ -336,6 +348,9 @@ def render(prepared: Plan) -> Plan:
         formats[node.name] = fmt
         done = replace(node, layers=layers, image_format=fmt)
         done.finals = final_commits(done, prepared.settings, prepared.facts, trailing, first_index=len(planned) + 1)
+        if done.layers and not done.squash:  # finish in the last layer's container: one commit fewer
+            done.layers[-1] = replace(done.layers[-1], final=done.finals[0])
+            done.finals = done.finals[1:]
         _budget_layers(done, depths, prepared.settings.max_layers)
         nodes.append(done)
     return replace(prepared, nodes=nodes, rendered=True)
@@ -348,7 +363,7 @@ def _budget_layers(node: Node, depths: dict[str, int], budget: int) -> None:
     image's steps keep their meaning: same parent, same flattening, same keys.
     """
     start = depths.get(node.parent.name, 1) if isinstance(node.parent, type) else 1
-    own = len(node.layers) + len(node.finals)
+    own = len(node.layers) + len(node.finals)  # a folded final adds no layer
     if start > 1 and start + own > budget:
         parent = node.parent.name if isinstance(node.parent, type) else node.parent
         node.flatten = Flatten(Rendered("flatten", f"flatten {parent} into one layer ({start} layers; "

@@ -145,15 +145,19 @@ def walk(node: Node, parent_id: str | None, stage_ids: Mapping[str, str], provid
             base = found.image_id
         else:
             base = yield Decision(node, node.flatten, "run", key, base)
+    for_children = None
     for layer in node.layers:
         key = _key(base, layer, stage_ids)
+        if key and layer.final:
+            key = step_key(key, layer.final.rendered)
         found = provider.find(key) if key else None
         if found:
             yield Decision(node, layer, "hit", key, base, found)
             base = found.image_id
         else:
             base = yield Decision(node, layer, "run", key, base)
-    for_children = None
+        if layer.final and layer.final.feeds_children:
+            for_children = base
     for fc in node.finals:
         key = step_key(base, fc.rendered) if base else None
         found = provider.find(key) if key else None

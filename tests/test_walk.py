@@ -382,8 +382,9 @@ def deep_chain(links: int, steps_each: int):
 
 
 def test_a_chain_past_the_layer_budget_builds_on_a_flattened_parent(tmp_path):
-    """Pure: links of 4 steps stack 6 layers each (+2 final commits), so with a budget of 14 the
-    third link (13 + 5 layers) builds on a flattened parent; its keys still chain on the parent's ID."""
+    """Pure: a link of 4 steps stacks 5 layers (its config + labels fold into the last one, the
+    revision labels add one), so with a budget of 14 the third link (1 + 5 + 5 + 4 = 15 layers)
+    builds on a flattened parent; its keys still chain on the parent's ID."""
     chain = deep_chain(3, 4)
     settings = _settings(tmp_path, max_layers=14)
     plan = build_plan([chain[-1]], settings)
@@ -408,6 +409,34 @@ def test_deep_chain_builds_and_rebuilds_with_the_flattened_parent_cached(tiny_st
     layers = subprocess.run(["buildah", *tiny_store.args(), "inspect", "--format",
                              "{{len .OCIv1.RootFS.DiffIDs}}", chain[-1].image_ref()],
                             capture_output=True, text=True, check=True).stdout.strip()
-    assert int(layers) == 1 + 4 + 1, layers  # the flattened parent, 4 steps, the final commit (18 without)
+    assert int(layers) == 1 + 4, layers  # the flattened parent + 4 steps (the final folds into the last; 15 without)
     again = Executor(settings, tiny_store.buildah()).execute(build_plan([chain[-1]], settings))
     assert all(r.status == "cached" for r in again.results)
+
+
+@pytest.mark.buildah
+def test_final_config_and_labels_fold_into_the_last_layer(tiny_store):
+    """An image that is not squashed is finished in its last step's container: no extra commit or layer."""
+
+    class Folded(Recipe):
+        """folded"""
+
+        name = _unique("folded")
+        parent = TINY_BASE
+        squash = False
+
+        def steps(self):
+            yield Run("echo one > /one")
+            yield Run("echo two > /two")
+            from imagefactory.steps import Cmd
+
+            yield Cmd("cat", "/two")
+
+    settings = tiny_store.settings()
+    buildah = tiny_store.buildah()
+    report = Executor(settings, buildah).execute(build_plan([Folded], settings))
+    assert report.ok and report.commits == 2 and report.containers_started == 2, report.to_dict()
+    info = buildah.inspect(Folded.image_ref())
+    assert len(info["OCIv1"]["rootfs"]["diff_ids"]) == 2 + 1  # busybox base + two steps, no empty layer
+    assert info["OCIv1"]["config"]["Cmd"] == ["cat", "/two"]
+    assert info["OCIv1"]["config"]["Labels"]["org.opencontainers.image.title"] == Folded.name

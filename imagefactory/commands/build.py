@@ -132,8 +132,13 @@ def describe_image(node, decisions: list[Decision], plan: Plan, bd) -> dict:
             steps.append({"index": 0, "kind": "flatten", "summary": d.unit.rendered.summary, **common,
                           "calls": [shlex.join(bd.argv("commit", "--squash", "$CTR", "$FLAT"))], "secrets": []})
             continue
-        if d.is_final:
-            fc = d.unit
+        finals = [d.unit] if d.is_final else ([d.unit.final] if d.unit.final else [])
+        if not d.is_final:
+            for p in d.unit.steps:
+                secrets = sorted({sec.id for c in p.rendered.calls if isinstance(c, RunCall) for sec in c.secrets})
+                steps.append({"index": p.index, "kind": p.rendered.kind, "summary": p.rendered.summary, **common,
+                              "calls": [format_call(c, bd, host_ca) for c in p.rendered.calls], "secrets": secrets})
+        for fc in finals:
             for p in fc.trailing:  # config-only steps after the last layer: applied in the first final commit
                 steps.append({"index": p.index, "kind": p.rendered.kind, "summary": p.rendered.summary, **common,
                               "key": None, "calls": [format_call(c, bd, host_ca) for c in p.rendered.calls],
@@ -144,11 +149,6 @@ def describe_image(node, decisions: list[Decision], plan: Plan, bd) -> dict:
                                     shlex.join(bd.argv("commit", "--format", node.image_format,
                                                        *(["--squash"] if fc.squash else []), "$CTR", target))],
                           "secrets": []})
-            continue
-        for p in d.unit.steps:
-            secrets = sorted({sec.id for c in p.rendered.calls if isinstance(c, RunCall) for sec in c.secrets})
-            steps.append({"index": p.index, "kind": p.rendered.kind, "summary": p.rendered.summary, **common,
-                          "calls": [format_call(c, bd, host_ca) for c in p.rendered.calls], "secrets": secrets})
     parent = node.parent
     pname = parent.name if isinstance(parent, type) else (parent or "scratch")
     return {"image": node.name, "target": node.recipe.target_name(), "parent": pname, "squash": node.squash,
