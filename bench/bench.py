@@ -533,7 +533,8 @@ def if_build(calls_file: str, argv: list[str]) -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="benchmark imagefactory against the equivalent Containerfile")
     p.add_argument("--only", default="all",
-                   help=f"comma-separated measurements: {', '.join(MEASUREMENTS)}, family, all (default)")
+                   help=f"comma-separated measurements: {', '.join(MEASUREMENTS)}, family, all (default); "
+                        "or `scale` alone (bench/scale.py)")
     p.add_argument("--target", default="build", help="the image compared with its Containerfile (default build)")
     p.add_argument("--repeat", type=int, default=3, help="no-op rebuilds per tool (median reported)")
     p.add_argument("--cold-first", choices=("imagefactory", "containerfile"), default="imagefactory",
@@ -553,6 +554,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["_if-build"]:
         return if_build(argv[1], argv[3:] if argv[2:3] == ["--"] else argv[2:])
     args = parse_args(argv)
+    if args.only == "scale":  # the engine's growth with deep families: its own script (bench/scale.py)
+        scale = _load_module(HERE / "scale.py")
+        return scale.main(["--workdir", args.workdir or "/var/tmp"])
     wanted: list[str] = []
     for item in (x.strip() for x in args.only.split(",") if x.strip()):
         for name in ALIASES.get(item, (item,)):
