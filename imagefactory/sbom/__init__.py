@@ -1,12 +1,16 @@
 """SBOMs (SPDX 2.3 JSON and CycloneDX 1.6 JSON) for a built image, from its mounted root filesystem.
 
 A scanner that only reads package databases misses what was compiled from source into /usr/local.
-This module combines three sources of truth found inside the image root:
+This package combines the sources of truth found inside the image root:
 
 * the distribution package database (dpkg ``var/lib/dpkg/status``; rpm via ``rpm --root`` when available),
 * the imagefactory build manifest ``usr/local/share/imagefactory/manifest.json`` describing every
   library built from source (archive used, its SHA-256, patches, profile, flags, configure options),
-* npm ``package-lock.json`` files (lockfileVersion 2/3).
+* npm: installed packages (``node_modules/**/package.json``) and ``package-lock.json`` files, found by
+  walking the image, plus the lockfiles of the build stages the image copies artifacts from,
+* binaries installed without a package manager: the recipe's pin recorded in the image
+  (``binaries.d``), the Go modules a Go binary embeds, and every other executable under
+  ``/usr/local`` or ``/opt`` as an unidentified file with its sha256.
 
 Typical use, with the image mounted by the caller (``buildah mount``)::
 
@@ -28,7 +32,8 @@ from .documents import (build_cyclonedx, build_spdx, validate_cyclonedx_json, va
 from .licenses import _normalize_expression, debian_license_to_spdx
 from .model import (KINDS, MANIFEST_PATH, BaseImage, Component, ImageFacts, Inventory, ManifestError, PatchInfo,
                     SbomValidationError, _resolve_in_root, _safe_id, read_os_release)  # noqa: F401
-from .npm import collect_npm, discover_lockfiles
+from .binaries import collect_pinned_binaries, collect_unclaimed_executables, dpkg_claims, manifest_claims
+from .npm import collect_installed_npm, collect_npm, discover_lockfiles, discover_npm
 from .packages import collect_dpkg, collect_manifest, collect_rpm
 
 __all__ = [
@@ -63,12 +68,15 @@ def collect(
     *,
     npm_lockfiles: list[str] | None = None,
     include_npm_dev: bool = False,
+    stages: dict[str, Path] | None = None,
 ) -> Inventory:
     """Inventory of a mounted image root.
 
-    ``npm_lockfiles`` are paths relative to the root; ``None`` auto-discovers ``package-lock.json`` files
-    at most 4 levels under ``opt/``.  npm dev dependencies are skipped unless ``include_npm_dev`` (then
-    they get CycloneDX scope "optional").
+    ``npm_lockfiles`` are paths relative to the root; ``None`` discovers ``package-lock.json`` files by
+    walking the image's application folders. npm dev dependencies of the image's own lockfiles are
+    skipped unless ``include_npm_dev`` (then they get CycloneDX scope "optional"). ``stages`` maps the
+    build stages the image copies artifacts from to their mounted roots: their lockfiles say what went
+    into those artifacts (e.g. the packages webpack bundled into ``dist/``).
     """
     root = Path(root)
     if not root.is_dir():
@@ -79,21 +87,42 @@ def collect(
     comps = collect_dpkg(root, osr, refs)
     comps += collect_rpm(root, osr, refs, notes)
     comps += collect_manifest(root, refs, notes)
-    if npm_lockfiles is None:
-        npm_lockfiles = discover_lockfiles(root)
-    comps += collect_npm(root, npm_lockfiles, refs, notes, include_dev=include_npm_dev)
-    # One component per purl (a source build of something also shipped as deb keeps both: different purls)
-    uniq: dict[str, Component] = {}
-    for c in comps:
-        uniq.setdefault(c.ref, c)
-    comps = sorted(uniq.values(), key=Component.sort_key)
+    found_lockfiles, node_modules = discover_npm(root)
+    claimed_dirs: set[str] = {f"/{m}" for m in node_modules}  # npm's: installed packages and their bins
+    comps += collect_installed_npm(root, node_modules, refs, notes, set())
+    comps += collect_npm(root, found_lockfiles if npm_lockfiles is None else npm_lockfiles, refs, notes,
+                         include_dev=include_npm_dev)
+    for stage, stage_root in sorted((stages or {}).items()):
+        comps += collect_npm(Path(stage_root), discover_lockfiles(Path(stage_root)), refs, notes,
+                             include_dev=True, stage=stage)
+    claimed = dpkg_claims(root) | manifest_claims(root, MANIFEST_PATH)
+    comps += collect_pinned_binaries(root, refs, notes, claimed)
+    comps += collect_unclaimed_executables(root, claimed, claimed_dirs, notes)
+    comps = sorted(_merge_duplicates(comps), key=Component.sort_key)
     image_license = _normalize_expression(facts.labels.get("org.opencontainers.image.licenses"), refs)
     return Inventory(facts=facts, os_release=osr, components=comps, license_refs=dict(sorted(refs.items())),
                      notes=notes, image_license=image_license)
 
 
+def _merge_duplicates(comps: list[Component]) -> list[Component]:
+    """One component per reference: the first collector wins (installed before lockfile before stage),
+    later ones add their locations and fill in hashes, licence and download URL it lacked. A source build
+    of something also shipped as a deb keeps both: different purls."""
+    uniq: dict[str, Component] = {}
+    for c in comps:
+        first = uniq.setdefault(c.ref, c)
+        if first is c:
+            continue
+        first.properties += [p for p in c.properties if p not in first.properties]
+        first.hashes = first.hashes or c.hashes
+        first.license = first.license or c.license
+        first.download_url = first.download_url or c.download_url
+        first.optional = first.optional and c.optional
+    return list(uniq.values())
+
+
 def summary(inv: Inventory) -> dict[str, int]:
-    """Counts per kind, e.g. ``{"deb": 412, "rpm": 0, "source": 5, "npm": 3, "total": 420}``."""
+    """Counts per kind, e.g. ``{"deb": 412, "rpm": 0, "source": 5, "npm": 3, ..., "total": 420}``."""
     out = {k: 0 for k in KINDS}
     for c in inv.components:
         out[c.kind] += 1

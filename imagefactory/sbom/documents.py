@@ -104,7 +104,8 @@ def build_spdx(inv: Inventory):
         prev = sid
 
     purpose = {"deb": PackagePurpose.INSTALL, "rpm": PackagePurpose.INSTALL,
-               "source": PackagePurpose.LIBRARY, "npm": PackagePurpose.LIBRARY}
+               "source": PackagePurpose.LIBRARY, "npm": PackagePurpose.LIBRARY,
+               "binary": PackagePurpose.APPLICATION, "golang": PackagePurpose.LIBRARY, "file": PackagePurpose.FILE}
     for c in inv.components:
         sid = _spdx_id(c.kind, c.name, c.ref)
         dl = c.download_url if c.download_url and not validate_download_location(c.download_url) else None
@@ -123,7 +124,7 @@ def build_spdx(inv: Inventory):
         packages.append(Package(
             spdx_id=sid,
             name=c.name,
-            version=c.version,
+            version=c.version or None,
             download_location=dl or SpdxNoAssertion(),
             files_analyzed=False,
             supplier=_spdx_actor(c.supplier) if c.supplier else SpdxNoAssertion(),
@@ -136,7 +137,7 @@ def build_spdx(inv: Inventory):
             summary=c.description,
             comment=props or None,
             primary_package_purpose=purpose[c.kind],
-            external_references=[purl_ref(c.purl)],
+            external_references=[purl_ref(c.purl)] if c.purl else [],
         ))
         rels.append(Relationship(image_id, RelationshipType.CONTAINS, sid))
 
@@ -266,11 +267,11 @@ def build_cyclonedx(inv: Inventory):
         props = [Property(name=f"{PROP_PREFIX}:kind", value=c.kind)]
         props += [Property(name=k, value=v) for k, v in c.properties]
         comps.append(CdxComponent(
-            type=ComponentType.LIBRARY,
+            type={"binary": ComponentType.APPLICATION, "file": ComponentType.FILE}.get(c.kind, ComponentType.LIBRARY),
             name=c.name,
-            version=c.version,
+            version=c.version or None,
             bom_ref=c.ref,
-            purl=purl(c.purl),
+            purl=purl(c.purl) if c.purl else None,
             description=c.description,
             supplier=OrganizationalEntity(name=c.supplier) if c.supplier else None,
             scope=ComponentScope.OPTIONAL if c.optional else None,

@@ -15,7 +15,7 @@ from packageurl import PackageURL
 MANIFEST_PATH = "usr/local/share/imagefactory/manifest.json"
 DPKG_STATUS = "var/lib/dpkg/status"
 RPM_DB = "var/lib/rpm"
-KINDS = ("deb", "rpm", "source", "npm")
+KINDS = ("deb", "rpm", "source", "npm", "binary", "golang", "file")
 PROP_PREFIX = "imagefactory"
 SPDX_NAMESPACE_BASE = "https://spdx.org/spdxdocs/imagefactory"
 # Fixed namespace for uuid5 serial numbers: uuid5(NAMESPACE_URL, "imagefactory-sbom")
@@ -73,10 +73,10 @@ class PatchInfo:
 
 @dataclass
 class Component:
-    kind: str  # deb | rpm | source | npm
+    kind: str  # deb | rpm | source | npm | binary (pinned) | golang (module in a Go binary) | file (unidentified)
     name: str
-    version: str
-    purl: str
+    version: str  # "" when unknown (unidentified files)
+    purl: str | None  # None only for unidentified files
     license: str | None = None  # valid SPDX expression (LicenseRef-* listed in Inventory.license_refs) or None
     hashes: dict[str, str] = field(default_factory=dict)  # "SHA-256"/"SHA-512"/"SHA-1" -> lowercase hex
     download_url: str | None = None
@@ -93,10 +93,10 @@ class Component:
     @property
     def ref(self) -> str:
         """Stable unique reference (CycloneDX bom-ref)."""
-        return self.purl
+        return self.purl or f"file:{self.name}"
 
     def sort_key(self) -> tuple:
-        return (KINDS.index(self.kind), self.name.lower(), self.name, self.version, self.purl)
+        return (KINDS.index(self.kind), self.name.lower(), self.name, self.version, self.ref)
 
 
 @dataclass

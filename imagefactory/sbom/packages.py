@@ -46,7 +46,7 @@ def _deb_copyright_license(root: Path, pkg: str, refs: dict[str, str]) -> str | 
         return None
     paras = _parse_deb822(text)
     if not paras or "copyright-format" not in paras[0].get("Format", ""):
-        return None  # not machine-readable
+        return _common_licenses_named(text, refs)  # not machine-readable
     exprs = []
     for i, para in enumerate(paras):
         if "License" not in para or (i > 0 and "Files" not in para):
@@ -54,6 +54,30 @@ def _deb_copyright_license(root: Path, pkg: str, refs: dict[str, str]) -> str | 
         short = para["License"].split("\n", 1)[0].strip()
         if short:
             exprs.append(debian_license_to_spdx(short, refs))
+    return _combine_and(exprs)
+
+
+_COMMON_LICENSE_RE = re.compile(r"/usr/share/common-licenses/([A-Za-z][A-Za-z0-9.+_-]*[A-Za-z0-9+])")
+_COMMON_LICENSES = {"GPL": ("GPL", "1"), "GPL-1": ("GPL", "1"), "GPL-2": ("GPL", "2"), "GPL-3": ("GPL", "3"),
+                    "LGPL": ("LGPL", "2"), "LGPL-2": ("LGPL", "2"), "LGPL-2.1": ("LGPL", "2.1"),
+                    "LGPL-3": ("LGPL", "3"), "AGPL-3": ("AGPL", "3"), "GFDL-1.2": ("GFDL", "1.2"),
+                    "GFDL-1.3": ("GFDL", "1.3")}
+
+
+def _common_licenses_named(text: str, refs: dict[str, str]) -> str | None:
+    """Licences of a free-form (not DEP-5) copyright file: the ``/usr/share/common-licenses/X`` texts it
+    points at. GNU licences are "-or-later" when the file grants "any later version", else "-only";
+    other names (Apache-2.0, Artistic, BSD, MPL-2.0, CC0-1.0) go through the DEP-5 name mapping."""
+    later = "any later version" in " ".join(text.split()).lower()
+    exprs = []
+    for name in sorted(set(_COMMON_LICENSE_RE.findall(text))):
+        name = name.rstrip(".")
+        if name in _COMMON_LICENSES:
+            fam, ver = _COMMON_LICENSES[name]
+            ver = ver if "." in ver or fam == "GFDL" else f"{ver}.0"
+            exprs.append(f"{fam}-{ver}-{'or-later' if later else 'only'}")
+        else:
+            exprs.append(debian_license_to_spdx(name, refs))
     return _combine_and(exprs)
 
 
