@@ -126,9 +126,10 @@ def dir_hash(archive: Path, tree_root: str) -> str:
     lines = []
     with tarfile.open(archive) as tar:
         for m in tar:
-            if not m.isfile() or not m.name.lstrip("./").startswith(prefix):
+            member = m.name.removeprefix("./")
+            if not m.isfile() or not member.startswith(prefix):
                 continue
-            name = m.name.lstrip("./")[len(prefix):]
+            name = member[len(prefix):]
             f = tar.extractfile(m)
             h = hashlib.sha256()
             for chunk in iter(lambda f=f: f.read(1 << 20), b""):
