@@ -206,9 +206,14 @@ def _require_digest(ref: str) -> None:
 def _reason(stderr: str) -> str:
     """cosign's own reason: its last 'Error:' line, else the tail of stderr (warnings dropped)."""
     lines = [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith("WARNING")]
-    errors = [ln for ln in lines if ln.startswith("Error:")]
+    errors = [i for i, ln in enumerate(lines) if ln.startswith("Error:")]
     if errors:
-        return errors[-1].removeprefix("Error:").strip()
+        reason = lines[errors[-1]].removeprefix("Error:").strip()
+        if "validation error" in reason:  # a policy failed: cosign lists what before its summary line
+            details = [ln.strip() for ln in lines[max(0, errors[-1] - 10):errors[-1]]
+                       if not ln.startswith(("Verification for", "The following", "{"))]
+            reason = "; ".join([reason, *details])
+        return reason
     return "\n".join(lines[-TAIL:]) or "cosign failed without a message"
 
 

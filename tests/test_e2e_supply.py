@@ -29,7 +29,7 @@ from sbom_checks import assert_sbom_patches, assert_sbom_valid, cdx_components_b
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("e2e")]
 
-POLICY = REPO / "imagefactory" / "policies" / "release-provenance.rego"
+POLICY = REPO / "imagefactory" / "policies" / "release-provenance.cue"
 FLAG_REMOVED = "ocserv.cflags.cjson=-fno-stack-protector"
 PASSWORD = "provenance test key"
 

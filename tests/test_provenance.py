@@ -18,7 +18,7 @@ import pytest
 from imagefactory import provenance
 from imagefactory.toolchain import HARDENING_LDFLAGS, RELEASE
 
-POLICY = Path(provenance.__file__).parent / "policies" / "release-provenance.rego"
+POLICY = Path(provenance.__file__).parent / "policies" / "release-provenance.cue"
 
 
 def test_dir_hash_is_go_dirhash_h1_computed_by_coreutils(tmp_path):
@@ -79,21 +79,21 @@ def test_validate_statement_rejects(breakage, message):
         provenance.validate_statement(broken)
 
 
-def _rego_set(name: str) -> set[str]:
+def _policy_list(name: str) -> set[str]:
     text = POLICY.read_text()
-    body = re.search(rf"^{name} := \{{(.*?)\}}", text, re.MULTILINE | re.DOTALL).group(1)
+    body = re.search(rf"^#{name}: \[(.*?)\]", text, re.MULTILINE | re.DOTALL).group(1)
     return set(re.findall(r'"([^"]+)"', body))
 
 
 def test_shipped_policy_requires_the_release_profile_hardening_flags():
     """The policy's required flags are the release profile's (toolchain.RELEASE): no drift."""
-    required = _rego_set("required_cflags")
+    required = _policy_list("RequiredCflags")
     assert required <= set(RELEASE.cflags), required - set(RELEASE.cflags)
     for flag in ("-D_FORTIFY_SOURCE=3", "-fstack-protector-strong", "-fstack-clash-protection", "-fPIC"):
         assert flag in required
-    assert _rego_set("required_ldflags") <= set(HARDENING_LDFLAGS) and _rego_set("required_ldflags")
-    assert not _rego_set("weakening") & set(RELEASE.cflags + RELEASE.ldflags)
-    assert "-fno-stack-protector" in _rego_set("weakening")
+    assert _policy_list("RequiredLdflags") <= set(HARDENING_LDFLAGS) and _policy_list("RequiredLdflags")
+    assert not _policy_list("Weakening") & set(RELEASE.cflags + RELEASE.ldflags)
+    assert "-fno-stack-protector" in _policy_list("Weakening")
 
 
 def test_recording_values_remembers_what_recipes_read():

@@ -132,7 +132,7 @@ def test_sign_attest_verify_then_failures(env):
     r = env.cli("sign", "signme", "--registry", env.registry, "--key", str(env.key),
                 "--password-file", str(env.password_file), report="sign.json")
     item = env.report("sign.json")["signed"][0]
-    assert item["signed"] and item["attested"] == {"spdxjson": True, "cyclonedx": True}, item
+    assert item["signed"] and item["attested"] == {"spdxjson": True, "cyclonedx": True, "slsaprovenance1": True}, item
     assert "@sha256:" in item["digest_ref"] and item["digest_ref"].endswith(item["digest"])
     assert PASSWORD not in r.stdout + r.stderr
     assert all(Path(p).is_file() for p in item["sboms"].values())
@@ -140,7 +140,7 @@ def test_sign_attest_verify_then_failures(env):
     # verification with the right key: signature and both attestations
     env.cli("verify-signature", "signme", "--registry", env.registry, "--key", str(env.pub), report="v.json")
     checks = env.report("v.json")["verified"][0]["checks"]
-    assert set(checks) == {"signature", "attestation:spdxjson", "attestation:cyclonedx"}
+    assert set(checks) == {"signature", "attestation:spdxjson", "attestation:cyclonedx", "attestation:slsaprovenance1"}
     assert all(c["ok"] for c in checks.values()), checks
     assert env.report("v.json")["verified"][0]["signed_digests"] == [item["digest"]]
 
@@ -213,4 +213,32 @@ def test_signed_but_not_attested_is_said_plainly(env, tmp_path):
     assert r.returncode != 0
     assert "SIGNED BUT NOT ATTESTED" in r.stderr and "simulated registry outage" in r.stderr
     item = env.report("half.json")["signed"][0]
-    assert item["signed"] and item["attested"] == {"spdxjson": False, "cyclonedx": False}
+    assert item["signed"] and item["attested"] == {"spdxjson": False, "cyclonedx": False, "slsaprovenance1": False}
+
+
+def test_provenance_policy_is_evaluated_by_cosign(env, tmp_path):
+    """--policy reaches cosign verify-attestation for the SLSA provenance (CUE: Debian's cosign has no Rego)."""
+    env.cli("push", "signme", "--registry", env.registry)
+    env.cli("sign", "signme", "--registry", env.registry, "--key", str(env.key), "--password-file",
+            str(env.password_file))
+    cue = tmp_path / "target.cue"
+
+    def verify(target: str):
+        cue.write_text('predicateType: "https://slsa.dev/provenance/v1"\n'
+                       'predicate: buildDefinition: buildType: "urn:imagefactory:buildtype:recipe:v1"\n'
+                       f'predicate: buildDefinition: externalParameters: target: "{target}"\n')
+        proc = env.cli("verify-signature", "signme", "--registry", env.registry, "--key", str(env.pub), "--policy",
+                       str(cue), check=False, report="policy.json")
+        return proc, env.report("policy.json")["verified"][0]["checks"]["attestation:slsaprovenance1"]
+
+    ok, check = verify("signme")
+    assert ok.returncode == 0 and check["ok"], ok.stdout + ok.stderr
+    bad, check = verify("someone-else")
+    assert bad.returncode != 0 and not check["ok"] and "someone-else" in check["reason"], (check, bad.stdout, bad.stderr)
+    # the shipped release policy: this test image has no libraries and no git recipe tree
+    shipped = Path(__file__).resolve().parents[1] / "imagefactory" / "policies" / "release-provenance.cue"
+    assert env.cli("verify-signature", "signme", "--registry", env.registry, "--key", str(env.pub), "--policy",
+                   str(shipped), check=False).returncode != 0
+    missing = env.cli("verify-signature", "signme", "--registry", env.registry, "--key", str(env.pub), "--policy",
+                      str(tmp_path / "nope.cue"), check=False)
+    assert missing.returncode != 0 and "does not exist" in missing.stderr

@@ -468,7 +468,7 @@ def _verify_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", dest="policies", action="append", default=[], metavar="FILE",
                    help="CUE or Rego policy the SLSA provenance must satisfy (repeatable; passed to `cosign "
                         "verify-attestation --policy`), e.g. the shipped "
-                        "imagefactory/policies/release-provenance.rego")
+                        "imagefactory/policies/release-provenance.cue")
     _cosign_common(p)
 
 
@@ -481,7 +481,7 @@ def cmd_verify_signature(args: argparse.Namespace, settings: Settings) -> int:
     missing = [p for p in args.policies if not Path(p).is_file()]
     if missing:
         _print_error(f"policy file {missing[0]} does not exist",
-                     "pass a CUE or Rego file, e.g. imagefactory/policies/release-provenance.rego")
+                     "pass a CUE or Rego file, e.g. imagefactory/policies/release-provenance.cue")
         args._report_data["error"] = f"no policy file {missing[0]}"
         return EXIT_FAIL
     try:
