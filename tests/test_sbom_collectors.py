@@ -163,3 +163,36 @@ def test_binary_pin_refuses_a_missing_digest_and_renders_its_record():
     step = pin.record()
     assert "binaries.d/x.json" in step.script and pin.to_json() in step.script
     assert f"echo '{SHA}  '/w/x.whl | sha256sum -c -" in pin.check("/w")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("see /usr/share/common-licenses/GPL-2'.\nor (at your option) any later version.", "GPL-2.0-or-later"),
+    ("see `/usr/share/common-licenses/LGPL-2.1' and /usr/share/common-licenses/Apache-2.0.",
+     "Apache-2.0 AND LGPL-2.1-only"),
+    ("The overall license is the GNU Lesser General Public\nLicense, version 2.1 (or, at your option, any later "
+     "version)", "LGPL-2.1-or-later"),
+    ("PYTHON SOFTWARE FOUNDATION LICENSE VERSION 2\n... Permission is hereby granted, free of charge, to any "
+     "person obtaining a copy", "PSF-2.0"),
+    ("Permission is hereby granted, free of charge, to any person obtaining a copy of\nthis software", "MIT"),
+    ("All rights reserved. Ask the author.", None),
+])
+def test_free_form_debian_copyright_files(text, expected):
+    from imagefactory.sbom.packages import _common_licenses_named
+
+    assert _common_licenses_named(text, {}) == expected
+
+
+def test_a_deb_without_copyright_file_takes_its_source_packages_licence(tmp_path):
+    root = tmp_path / "root"
+    (root / "var/lib/dpkg").mkdir(parents=True)
+    (root / "var/lib/dpkg/status").write_text(
+        "Package: gcc-14-base\nStatus: install ok installed\nVersion: 14.2.0-19\nArchitecture: amd64\n"
+        "Source: gcc-14\n\n"
+        "Package: libstdc++6\nStatus: install ok installed\nVersion: 14.2.0-19\nArchitecture: amd64\n"
+        "Source: gcc-14\n")
+    doc = root / "usr/share/doc/gcc-14-base"
+    doc.mkdir(parents=True)
+    (doc / "copyright").write_text("GCC is under /usr/share/common-licenses/GPL-3, any later version.\n")
+    comps = {c.name: c for c in sbom.collect(root, _facts()).by_kind("deb")}
+    assert comps["libstdc++6"].license == comps["gcc-14-base"].license == "GPL-3.0-or-later"
+    assert ("imagefactory:deb:license-from", "gcc-14-base (same source package)") in comps["libstdc++6"].properties

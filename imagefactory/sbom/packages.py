@@ -58,18 +58,37 @@ def _deb_copyright_license(root: Path, pkg: str, refs: dict[str, str]) -> str | 
 
 
 _COMMON_LICENSE_RE = re.compile(r"/usr/share/common-licenses/([A-Za-z][A-Za-z0-9.+_-]*[A-Za-z0-9+])")
-_COMMON_LICENSES = {"GPL": ("GPL", "1"), "GPL-1": ("GPL", "1"), "GPL-2": ("GPL", "2"), "GPL-3": ("GPL", "3"),
-                    "LGPL": ("LGPL", "2"), "LGPL-2": ("LGPL", "2"), "LGPL-2.1": ("LGPL", "2.1"),
+_GNU_PROSE_RE = re.compile(r"GNU (Lesser |Library )?General Public License,? (?:as published by the Free Software "
+                           r"Foundation;? )?(?:either )?version (\d(?:\.\d)?)", re.IGNORECASE)
+# Phrases that only the full text of one licence contains (free-form copyright files quote texts).
+_LICENSE_TEXTS = (
+    ("python software foundation license version 2", "PSF-2.0"),
+    ("permission is hereby granted, free of charge, to any person obtaining a copy", "MIT"),
+    ("apache license, version 2.0", "Apache-2.0"),
+    ("neither the name of", "BSD-3-Clause"),
+)
+_COMMON_LICENSES = {"GPL": ("GPL", "3"), "GPL-1": ("GPL", "1"), "GPL-2": ("GPL", "2"), "GPL-3": ("GPL", "3"),
+                    "LGPL": ("LGPL", "3"), "LGPL-2": ("LGPL", "2"), "LGPL-2.1": ("LGPL", "2.1"),
                     "LGPL-3": ("LGPL", "3"), "AGPL-3": ("AGPL", "3"), "GFDL-1.2": ("GFDL", "1.2"),
                     "GFDL-1.3": ("GFDL", "1.3")}
 
 
 def _common_licenses_named(text: str, refs: dict[str, str]) -> str | None:
     """Licences of a free-form (not DEP-5) copyright file: the ``/usr/share/common-licenses/X`` texts it
-    points at. GNU licences are "-or-later" when the file grants "any later version", else "-only";
+    points at (Debian links the bare GPL/LGPL names to version 3). GNU licences are "-or-later" when the file grants "any later version", else "-only";
     other names (Apache-2.0, Artistic, BSD, MPL-2.0, CC0-1.0) go through the DEP-5 name mapping."""
-    later = "any later version" in " ".join(text.split()).lower()
+    flat = " ".join(text.split())
+    later = "any later version" in flat.lower()
     exprs = []
+    if not _COMMON_LICENSE_RE.search(text):  # prose only: "GNU Lesser General Public License, version 2.1"
+        m = _GNU_PROSE_RE.search(flat)
+        if m:
+            fam = "LGPL" if m.group(1) else "GPL"
+            ver = m.group(2) if "." in m.group(2) else f"{m.group(2)}.0"
+            return f"{fam}-{ver}-{'or-later' if later else 'only'}"
+        found = [spdx for phrase, spdx in _LICENSE_TEXTS if phrase in flat.lower()]
+        if found:  # the licence's own text, quoted in full
+            return _combine_and(found[:1] if found[0] == "PSF-2.0" else found)
     for name in sorted(set(_COMMON_LICENSE_RE.findall(text))):
         name = name.rstrip(".")
         if name in _COMMON_LICENSES:
@@ -128,7 +147,22 @@ def collect_dpkg(root: Path, osr: dict[str, str], refs: dict[str, str]) -> list[
             description=desc,
             properties=props,
         )
+    _licence_from_same_source(list(comps.values()))
     return list(comps.values())
+
+
+def _licence_from_same_source(comps: list[Component]) -> None:
+    """A package without a readable copyright file (slim images drop the doc symlinks, e.g. libstdc++6 ->
+    gcc-14-base) takes the licence of a package built from the same source package, and says so."""
+    by_source: dict[tuple[str | None, str | None], Component] = {}
+    for c in comps:
+        if c.license:
+            by_source.setdefault((c.source_name, c.source_version), c)
+    for c in comps:
+        donor = None if c.license else by_source.get((c.source_name, c.source_version))
+        if donor is not None:
+            c.license = donor.license
+            c.properties.append((f"{PROP_PREFIX}:deb:license-from", f"{donor.name} (same source package)"))
 
 
 # --------------------------------------------------------------------------------------------- rpm
