@@ -319,7 +319,8 @@ def build_statement(settings: Settings, target: str | type[Recipe], bd=None, reg
             base = {"image": parent, "imageId": pid}
             break
         pid = index.get(parent.image_ref(), "").removeprefix("sha256:")
-        if getattr(parent, "platform_name", None) == "debian" and pid:
+        bootstrapped = plan.node(parent).parent is None  # the base debootstrap made (slim is FROM it)
+        if getattr(parent, "platform_name", None) == "debian" and pid and bootstrapped:
             base = _debian_base(settings, bd, parent, pid)
             deps.append(rd(name=parent.image_ref(), uri=base.get("mirror") or "", digest={"sha256": pid},
                            annotations={"kind": "bootstrap", **base}))
