@@ -211,7 +211,7 @@ def _reason(stderr: str) -> str:
         reason = lines[errors[-1]].removeprefix("Error:").strip()
         if "validation error" in reason:  # a policy failed: cosign lists what before its summary line
             details = [ln.strip() for ln in lines[max(0, errors[-1] - 10):errors[-1]]
-                       if not ln.startswith(("Verification for", "The following", "{"))]
+                       if not ln.startswith(("Verification for", "The following", "{", "will be validating"))]
             reason = "; ".join([reason, *details])
         return reason
     return "\n".join(lines[-TAIL:]) or "cosign failed without a message"
