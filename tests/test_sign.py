@@ -242,3 +242,78 @@ def test_provenance_policy_is_evaluated_by_cosign(env, tmp_path):
     missing = env.cli("verify-signature", "signme", "--registry", env.registry, "--key", str(env.pub), "--policy",
                       str(tmp_path / "nope.cue"), check=False)
     assert missing.returncode != 0 and "does not exist" in missing.stderr
+
+
+def _release_predicate() -> dict:
+    """A provenance predicate shaped like `provenance` writes, for five release-built libraries."""
+    from imagefactory.provenance import BUILD_TYPE, BUILDER_ID_PREFIX
+    from imagefactory.toolchain import RELEASE
+
+    libs = ("wolfssl", "libuv", "llhttp", "cjson", "mimalloc")
+    return {
+        "buildDefinition": {
+            "buildType": BUILD_TYPE,
+            "externalParameters": {"target": "ci", "recipe": {"class": "recipes.ocserv.Ci", "commit": "a" * 40,
+                                                              "dirty": False}},
+            "internalParameters": {"libraries": {n: {"profile": "release", "flags": RELEASE.flags()} for n in libs}},
+            "resolvedDependencies": [{"name": f"{n}.tar.gz", "digest": {"sha256": f"{i:x}" * 64},
+                                      "annotations": {"kind": "source-archive", "library": n}}
+                                     for i, n in enumerate(libs, start=1)],
+        },
+        "runDetails": {"builder": {"id": BUILDER_ID_PREFIX + "0.1.0"}},
+    }
+
+
+def _libs(p: dict) -> dict:
+    return p["buildDefinition"]["internalParameters"]["libraries"]
+
+
+POLICY_VARIANTS = {
+    "dirty tree": (lambda p: p["buildDefinition"]["externalParameters"]["recipe"].update(dirty=True),
+                   "cleanRecipeTree"),
+    "dirty state unknown": (lambda p: p["buildDefinition"]["externalParameters"]["recipe"].pop("dirty"),
+                            "cleanRecipeTree"),
+    "stack protector removed": (lambda p: _libs(p)["cjson"]["flags"].update(
+        CFLAGS=_libs(p)["cjson"]["flags"]["CFLAGS"] + " -fno-stack-protector"), "nothingWeakened.cjson"),
+    "required flag missing": (lambda p: _libs(p)["libuv"]["flags"].update(
+        CFLAGS=_libs(p)["libuv"]["flags"]["CFLAGS"].replace("-fstack-clash-protection", "")),
+        'hardeningCflags.libuv."-fstack-clash-protection"'),
+    "archive without sha256": (lambda p: p["buildDefinition"]["resolvedDependencies"][0]["digest"].pop("sha256"),
+                               "archivesPinnedBySha256"),
+    "library without archive": (lambda p: p["buildDefinition"]["resolvedDependencies"].pop(), "oneArchivePerLibrary"),
+    "debug profile": (lambda p: _libs(p)["llhttp"].update(profile="debug"), "releaseProfile.llhttp"),
+    "flags not recorded": (lambda p: _libs(p)["mimalloc"].pop("flags"), "flagsRecorded.mimalloc"),
+    "another builder": (lambda p: p["runDetails"]["builder"].update(id="https://builder.example/x"), "builder.id"),
+}
+
+
+def test_shipped_policy_admits_a_release_provenance_and_names_each_violation(env, tmp_path):
+    """The shipped CUE policy, evaluated by the real cosign against attested predicates: the release
+    shape passes; each violation fails and cosign's reason names the check."""
+    import copy
+
+    shipped = Path(__file__).resolve().parents[1] / "imagefactory" / "policies" / "release-provenance.cue"
+    env.cli("push", "envsign", "--registry", env.registry, report="p.json")
+    rec = env.report("p.json")["pushed"][0]
+    ref = f"{rec['ref'].rsplit(':', 1)[0]}@{rec['digest']}"
+    cosign_env = {**env.env(), "COSIGN_PASSWORD": PASSWORD, "COSIGN_YES": "true"}
+    flags = ["--allow-insecure-registry", "--allow-http-registry"]
+
+    def check(predicate: dict) -> subprocess.CompletedProcess:
+        path = tmp_path / "predicate.json"
+        path.write_text(json.dumps(predicate))
+        subprocess.run(["cosign", "attest", "--replace", "--key", str(env.key), "--tlog-upload=false", "--yes",
+                        "--type", "slsaprovenance1", "--predicate", str(path), *flags, ref], env=cosign_env,
+                       check=True, capture_output=True, timeout=120)
+        return subprocess.run(["cosign", "verify-attestation", "--key", str(env.pub), "--type", "slsaprovenance1",
+                               "--policy", str(shipped), "--insecure-ignore-tlog=true", *flags, ref],
+                              env=cosign_env, capture_output=True, text=True, timeout=120)
+
+    good = check(_release_predicate())
+    assert good.returncode == 0, good.stderr
+    for name, (breakage, named) in POLICY_VARIANTS.items():
+        predicate = copy.deepcopy(_release_predicate())
+        breakage(predicate)
+        bad = check(predicate)
+        assert bad.returncode != 0, f"{name}: the policy admitted it"
+        assert named in bad.stderr, f"{name}: {bad.stderr[-800:]}"
