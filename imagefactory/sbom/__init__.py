@@ -89,7 +89,7 @@ def collect(
     comps += collect_manifest(root, refs, notes)
     found_lockfiles, node_modules = discover_npm(root)
     claimed_dirs: set[str] = {f"/{m}" for m in node_modules}  # npm's: installed packages and their bins
-    comps += collect_installed_npm(root, node_modules, refs, notes, set())
+    comps += collect_installed_npm(root, node_modules, refs, notes)
     comps += collect_npm(root, found_lockfiles if npm_lockfiles is None else npm_lockfiles, refs, notes,
                          include_dev=include_npm_dev)
     for stage, stage_root in sorted((stages or {}).items()):

@@ -78,8 +78,8 @@ def _npm_purl(name: str, version: str) -> str:
     return PackageURL(type="npm", namespace=ns or None, name=short, version=version).to_string()
 
 
-def collect_installed_npm(root: Path, node_modules: list[str], refs: dict[str, str], notes: list[str],
-                          claimed_dirs: set[str]) -> list[Component]:
+def collect_installed_npm(root: Path, node_modules: list[str], refs: dict[str, str],
+                          notes: list[str]) -> list[Component]:
     """What is installed: every ``node_modules/**/package.json`` (nested node_modules too), with the
     integrity hash from npm's hidden lockfile ``node_modules/.package-lock.json`` when it is there."""
     comps: dict[str, Component] = {}
@@ -120,7 +120,6 @@ def collect_installed_npm(root: Path, node_modules: list[str], refs: dict[str, s
                 if not isinstance(name, str) or not isinstance(version, str) or not name or not version:
                     notes.append(f"/{pkg}/package.json has no name/version: package not listed")
                     continue
-                claimed_dirs.add(f"/{pkg}")
                 purl = _npm_purl(name, version)
                 location = f"/{pkg}"
                 if purl in comps:
