@@ -53,7 +53,7 @@ def family(factor: int, base: str) -> list[type]:
 
 
 def measure(factor: int, work: Path) -> dict:
-    from imagefactory.commands.build import walk_plan
+    from imagefactory.describe import walk_plan
     from imagefactory.execute import Executor
     from imagefactory.plan import build_plan
     from imagefactory.walk import StoreIndex

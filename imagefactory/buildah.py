@@ -156,8 +156,11 @@ class Buildah:
                 kwargs.update(_out=logf, _err_to_out=True)
         try:
             proc = sh.Command(argv[0])(*argv[1:], **kwargs)
-            with self._lock:
+            with self._lock:  # cancel() snapshots under this lock: it sees this process, or we see its flag
                 self._running[id(proc)] = proc
+                late = self._cancelled.is_set() and not cleanup
+            if late:
+                _kill_group(proc.pid)
             try:
                 proc.wait()
             finally:
@@ -201,11 +204,7 @@ class Buildah:
         with self._lock:
             running = list(self._running.values())
         for proc in running:
-            for sig in (signal.SIGTERM,):
-                try:
-                    os.killpg(proc.pid, sig)
-                except (ProcessLookupError, PermissionError):
-                    pass
+            _kill_group(proc.pid)
 
     def reset_cancel(self) -> None:
         self._cancelled.clear()
@@ -552,6 +551,13 @@ def _clean_env() -> dict[str, str]:
     if not runtime_dir_ok():
         env.pop("XDG_RUNTIME_DIR", None)  # buildah refuses a runtime dir the user does not own
     return env
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 REDACTED = "[secret]"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from . import config as config_mod
 from . import rootless
@@ -142,7 +143,7 @@ def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     for c in columns:
         table.add_column(c)
     for r in rows:
-        table.add_row(*[str(x) for x in r])
+        table.add_row(*[Text(str(x)) for x in r])  # cells are data (cosign reasons hold "[...]"), not markup
     console.print(table)
 
 

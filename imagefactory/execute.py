@@ -26,14 +26,12 @@ from .buildah import Buildah, BuildahError, Cancelled, Container, ImageRecord, M
 from .config import Settings
 from .locks import StoreLocks
 from .plan import FinalCommit, Layer, Node, Plan
+from .prepare import HOST_CA_ENV, HOST_CA_TARGET
 from .retry import RetryPolicy
 from .secrets import Secrets
 from .steps import HOST_ACTIONS, ConfigCall, CopyCall, HostCall, RunCall
 from .walk import SCRATCH, Decision, FirstFound, Found, NoCache, Provider, cache_ref, walk
 
-HOST_CA_TARGET = "/run/imagefactory/host-ca.crt"
-HOST_CA_ENV = ("SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS", "PIP_CERT", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
-               "GIT_SSL_CAINFO")
 
 
 class BuildFailed(RuntimeError):

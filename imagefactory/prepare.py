@@ -23,6 +23,12 @@ from .recipe import Recipe, RecipeError
 from .steps import Step, StepError
 
 
+# The host's CA bundle is bind-mounted here into RUN steps (never committed) when `trust_host_ca` is on.
+HOST_CA_TARGET = "/run/imagefactory/host-ca.crt"
+HOST_CA_ENV = ("SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS", "PIP_CERT", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+               "GIT_SSL_CAINFO")
+
+
 class PrepareError(RecipeError):
     """Inputs of the plan cannot be resolved: a missing file, an unverifiable source, a bad patch."""
 

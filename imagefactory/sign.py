@@ -1,7 +1,8 @@
 """Signing and attesting pushed images with cosign, and verifying them.
 
 Only the immutable digest reference a registry served at push time is signed (``REPO@sha256:...``),
-never a tag. SBOMs are attached as in-toto attestations (``--type spdxjson`` and ``--type cyclonedx``).
+never a tag. SBOMs are attached as in-toto attestations (``--type spdxjson`` and ``--type cyclonedx``), the SLSA v1
+provenance as ``--type slsaprovenance1``; verification can evaluate CUE or Rego policies against it.
 
 Secrets: the key password comes from ``COSIGN_PASSWORD`` or a password file and reaches cosign only
 through the child's environment; it never appears on a command line, in an exception or in a log.
@@ -26,6 +27,7 @@ from .registry import is_loopback
 
 TAIL = 20
 ATTESTATION_TYPES = {"spdxjson": "spdx", "cyclonedx": "cyclonedx"}  # cosign --type → SBOM kind
+PROVENANCE_TYPE = "slsaprovenance1"  # cosign --type of the SLSA v1 provenance attestation
 
 
 class SigningError(RuntimeError):
@@ -181,8 +183,10 @@ class Cosign:
                 "--output", "json", *self.extra_args, ref]
         return self._run(args, None)
 
-    def verify_attestation(self, ref: str, public_key: str, kind: str) -> CosignResult:
-        args = ["verify-attestation", "--key", public_key, "--type", kind, *self._verify_flags(),
+    def verify_attestation(self, ref: str, public_key: str, kind: str, policies: Sequence[str] = ()) -> CosignResult:
+        """Verify the attestation of ``kind``; each policy (CUE or Rego file) must pass too."""
+        pol = [a for p in policies for a in ("--policy", str(p))]
+        args = ["verify-attestation", "--key", public_key, "--type", kind, *pol, *self._verify_flags(),
                 *self._registry_flags(), *self.extra_args, ref]
         return self._run(args, None)
 
@@ -202,9 +206,14 @@ def _require_digest(ref: str) -> None:
 def _reason(stderr: str) -> str:
     """cosign's own reason: its last 'Error:' line, else the tail of stderr (warnings dropped)."""
     lines = [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith("WARNING")]
-    errors = [ln for ln in lines if ln.startswith("Error:")]
+    errors = [i for i, ln in enumerate(lines) if ln.startswith("Error:")]
     if errors:
-        return errors[-1].removeprefix("Error:").strip()
+        reason = lines[errors[-1]].removeprefix("Error:").strip()
+        if "validation error" in reason:  # a policy failed: cosign lists what before its summary line
+            details = [ln.strip() for ln in lines[max(0, errors[-1] - 10):errors[-1]]
+                       if not ln.startswith(("Verification for", "The following", "{", "will be validating"))]
+            reason = "; ".join([reason, *details])
+        return reason
     return "\n".join(lines[-TAIL:]) or "cosign failed without a message"
 
 
@@ -225,5 +234,5 @@ def signed_digests(verify_output: str) -> list[str]:
     return out
 
 
-__all__ = ["ATTESTATION_TYPES", "Cosign", "CosignResult", "KeyMaterial", "SigningError", "cosign_binary",
+__all__ = ["ATTESTATION_TYPES", "PROVENANCE_TYPE", "Cosign", "CosignResult", "KeyMaterial", "SigningError", "cosign_binary",
            "resolve_public_key", "resolve_signing_key", "signed_digests"]

@@ -11,7 +11,7 @@ import pytest
 from imagefactory.platforms import APT_NET_OPTS
 
 from imagefactory import config
-from imagefactory.commands.build import describe_plan
+from imagefactory.describe import describe_plan
 from imagefactory.libraries import BUILD_DEPS
 from imagefactory.platforms import PACKAGE_NAMES
 from imagefactory.recipe import CATALOGUE

