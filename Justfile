@@ -8,9 +8,9 @@ build +TARGETS:
 test:
     python -m pytest -n 2 --dist loadgroup
 
-# fast tests only (no image builds)
+# fast tests only: no image builds, no fault injection, no test users (see docs/testing.md)
 unit:
-    python -m pytest -n 2 -m "not e2e and not slow"
+    python -m pytest -n 2 -m "not e2e and not slow and not faults and not rootless"
 
 # end-to-end image builds and runs, in one shared private store
 e2e:
@@ -28,7 +28,11 @@ setup:
 
 # fault injection: killed builds, concurrent runs, flaky mirrors, bad input, secrets, full disk
 faults:
-    python -m pytest -n 2 -m faults
+    python -m pytest -n 2 --dist loadgroup -m faults
+
+# the factory as an ordinary user (as root: creates the test users), see docs/rootless.md
+rootless:
+    python -m pytest -m rootless
 
 # the cost of rootless builds (as root: creates a test user), see docs/rootless.md
 bench-rootless:

@@ -11,6 +11,10 @@ Measurements (``--only``, comma separated; default: all):
   noop         rebuild with nothing changed (``--repeat`` times, alternating which tool goes first)
   patch        rebuild after adding a harmless patch for one library (``--patch-lib``) in the
                temporary copy of the repository the bench runs in (``patches/`` is never touched)
+  flag         imagefactory only: rebuild after changing one library's flags
+               (``--set ocserv.cflags.LIB=...``, LIB = ``--patch-lib``); only that layer and later ones run
+  quick-validate  imagefactory only: build ``ci`` from the base, then time its ``quick-validate``
+               (``buildah run``, ``--repeat`` times, median)
   family-noop  imagefactory only: no-op rebuild of dev test build ci s4 together
   family-cold  imagefactory only: cold dev+test+build+ci with ``--jobs 2`` vs the sum of each target
                built alone with ``--jobs 1`` in its own cold store (long: many minutes each)
@@ -43,7 +47,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-MEASUREMENTS = ("cold-build", "noop", "patch", "family-noop", "family-cold")
+MEASUREMENTS = ("cold-build", "noop", "patch", "flag", "quick-validate", "family-noop", "family-cold")
 ALIASES = {"family": ("family-noop", "family-cold"), "all": MEASUREMENTS, "sizes": ("cold-build",)}
 SLIM = "imagefactory-base-debian-slim"
 SLIM_REF = f"localhost/{SLIM}:latest"
@@ -180,12 +184,13 @@ class Bench:
         shutil.rmtree(self.work, ignore_errors=True)
 
     # -- the two tools ----------------------------------------------------------------
-    def imagefactory(self, store: Store, targets: list[str], *, jobs: int = 2, label: str) -> dict:
+    def imagefactory(self, store: Store, targets: list[str], *, jobs: int = 2, label: str,
+                     extra: tuple[str, ...] = ()) -> dict:
         """`imagefactory build` through the real CLI, with every buildah call timed by verb."""
         out = self.work / "runs" / f"{label}-{uuid.uuid4().hex[:6]}"
         out.mkdir(parents=True)
         cmd = [sys.executable, str(self.copy / "bench" / "bench.py"), "_if-build", str(out / "calls.json"), "--",
-               "build", *targets, "--jobs", str(jobs), *store.args(), "--report", str(out / "report.json")]
+               "build", *targets, "--jobs", str(jobs), *extra, *store.args(), "--report", str(out / "report.json")]
         log(f"imagefactory build {' '.join(targets)} --jobs {jobs}  [{label}]")
         load = self.wait_for_quiet()
         t0 = time.monotonic()
@@ -288,7 +293,7 @@ class Bench:
         target = self.args.target
         m = self.results.setdefault("measurements", {})
         if_store = cf_store = None
-        if {"cold-build", "noop", "patch"} & set(wanted):
+        if {"cold-build", "noop", "patch", "flag"} & set(wanted):
             if_store, cf_store = self.store("if"), self.store("cf")
             clone_images(seed, if_store)
             clone_images(seed, cf_store, [SLIM_REF])
@@ -314,9 +319,15 @@ class Bench:
         if "patch" in wanted:
             m["patch"] = self.patch_rebuild(if_store, cf_store, target)
             self.checkpoint()
+        if "flag" in wanted:
+            m["flag"] = self.flag_rebuild(if_store, target)
+            self.checkpoint()
         for s in (if_store, cf_store):
             if s is not None:
                 self.drop(s)
+        if "quick-validate" in wanted:
+            m["quick-validate"] = self.quick_validate(seed)
+            self.checkpoint()
         if "family-cold" in wanted or "family-noop" in wanted:
             self.family(seed, wanted, m)
         self.drop(seed)
@@ -340,6 +351,40 @@ class Bench:
                 shutil.rmtree(self.copy / "patches" / spec.name, ignore_errors=True)
         out["library"] = f"{lib} {spec.version}"
         return out
+
+    def flag_rebuild(self, if_store: Store, target: str) -> dict:
+        """One library's flags changed (the e2e test checks what rebuilds; this is how long it takes)."""
+        lib = self.args.patch_lib
+        setting = f"ocserv.cflags.{lib}=-DIMAGEFACTORY_BENCH_FLAG=1"
+        res = self.imagefactory(if_store, [target], label="flag", extra=("--set", setting))
+        ran = [s["summary"] for img in res["images"].values() for s in img["steps"] if s["status"] in ("run", "final")]
+        return {"imagefactory": res, "setting": setting, "steps_run": ran}
+
+    def quick_validate(self, seed: Store) -> dict:
+        """`quick-validate` in a fresh container of `ci`, as the e2e test runs it (which asserts only PASS)."""
+        store = self.store("quick-validate")
+        clone_images(seed, store)
+        build = self.imagefactory(store, ["ci"], label="qv-build")
+        ref = "localhost/ocserv-modern-ci:latest"
+        runs = []
+        for i in range(self.args.repeat):
+            ctr = store.bd("from", "--pull=never", "--quiet", ref).strip()
+            try:
+                load = self.wait_for_quiet()
+                t0 = time.monotonic()
+                proc = subprocess.run(["buildah", *store.args(), "run", "--isolation", "chroot", "--user", "1000",
+                                       ctr, "--", "quick-validate"], capture_output=True, text=True)
+                seconds = round(time.monotonic() - t0, 2)
+            finally:
+                store.bd("rm", ctr, check=False)
+            if proc.returncode != 0 or not proc.stdout.rstrip().endswith("quick-validate: PASS"):
+                raise RuntimeError(f"quick-validate failed in {ref}:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}")
+            log(f"  quick-validate {i + 1}/{self.args.repeat}: {seconds:.2f}s")
+            runs.append({"seconds": seconds, "load": [load, round(os.getloadavg()[0], 2)],
+                         "checks": proc.stdout.count("PASS  ")})
+        self.drop(store)
+        return {"imagefactory": {"seconds": statistics.median(r["seconds"] for r in runs), "runs": runs},
+                "build_ci_seconds": build["seconds"]}
 
     def family(self, seed: Store, wanted: list[str], m: dict) -> None:
         fam: dict = {}
@@ -484,6 +529,11 @@ def table(results: dict) -> str:
         rows.append(("image size (MB)", f"{a / 1e6:.1f}", f"{b / 1e6:.1f}", ratio(a, b)))
         rows.append(("layers", str(m["size"]["imagefactory"]["layers"]), str(m["size"]["containerfile"]["layers"]),
                      ratio(m["size"]["imagefactory"]["layers"], m["size"]["containerfile"]["layers"])))
+    if "flag" in m:
+        rows.append(("rebuild after a flag change (s)", f"{m['flag']['imagefactory']['seconds']:.2f}", "-", None))
+    if "quick-validate" in m:
+        rows.append(("quick-validate in ci (s, median)", f"{m['quick-validate']['imagefactory']['seconds']:.2f}",
+                     "-", None))
     if "family-noop" in m:
         rows.append(("family no-op, 5 targets (s)", f"{m['family-noop']['imagefactory']['seconds']:.2f}", "-", None))
     if "family-cold" in m:

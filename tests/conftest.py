@@ -3,14 +3,21 @@
 Every test that touches images uses a private storage root it creates and removes,
 so tests never see the user's images and CI leaves nothing behind. End-to-end tests
 share ONE store per run (``e2e_store``), built once, run in the ``e2e`` xdist group.
+Expensive images that several modules read (the library test images) live in a folder
+shared by all xdist workers of one run (``shared_folder``): the first worker builds them
+under a file lock, the others find them cached, and the controller removes them at the end.
+Tests using these fixtures get the markers the fixtures imply (``IMPLIED_MARKERS``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +113,99 @@ def require_tool(name: str) -> None:
         pytest.fail(f"{name} is not installed: run ci/setup")
 
 
+def wait_for_text_in_logs(logs: Path, text: str, proc: subprocess.Popen, *, timeout: float = 60,
+                          pattern: str = "*.log") -> None:
+    """Wait until a step log under LOGS shows TEXT; fail if the build ends first or it never shows.
+
+    Tests that signal a build "while a step runs" must know the step ran: a wait that merely
+    times out would let them signal an idle process and pass for the wrong reason.
+    """
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for log in logs.rglob(pattern) if logs.exists() else []:
+            if log.is_file() and text in log.read_text(errors="replace"):
+                return
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"build ended early ({proc.returncode}) before {text!r} appeared in {logs}:\n"
+                                 f"{(err or out or '')[-3000:]}")
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} never appeared in {logs}/**/{pattern} within {timeout:.0f}s")
+
+
+# --- one folder per test run, shared by the xdist workers -------------------------------
+SHARED_ENV = "IMAGEFACTORY_TEST_SHARED"
+
+
+def pytest_configure(config):
+    """The controller (or a run without xdist) names the run's shared folder; workers inherit it."""
+    if not hasattr(config, "workerinput"):
+        os.environ[SHARED_ENV] = str(SCRATCH / f"imagefactory-test-shared-{uuid.uuid4().hex[:8]}")
+
+
+def pytest_unconfigure(config):
+    """The controller removes the shared stores once every worker is done with them."""
+    if hasattr(config, "workerinput"):
+        return
+    folder = Path(os.environ.get(SHARED_ENV, ""))
+    if folder.name.startswith("imagefactory-test-shared-") and folder.is_dir():
+        for root in sorted(folder.glob("*/root")):
+            Store(root, root.parent / "run", root.parent / "home").destroy()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def shared_folder() -> Path:
+    folder = Path(os.environ[SHARED_ENV])
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@contextlib.contextmanager
+def run_lock(name: str):
+    """An exclusive lock shared by all workers of this run (the first holder builds, the rest reuse)."""
+    with open(shared_folder() / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def shared_store(name: str) -> Store:
+    """A store every worker of this run sees; removed by the controller at the end of the run."""
+    base = shared_folder() / name
+    store = Store(base / "root", base / "run", base / "home")
+    for p in (store.root, store.runroot, store.home):
+        p.mkdir(parents=True, exist_ok=True)
+    return store
+
+
+# --- markers follow what a test uses ----------------------------------------------------
+# A fixture that needs real buildah, or builds for minutes, marks every test that uses it,
+# directly or through another fixture, so `-m "not slow"` can never pick up a hidden build.
+IMPLIED_MARKERS = {
+    "store": ("buildah",),
+    "tiny_store": ("buildah",),
+    "small_store": ("buildah",),
+    "lib_images": ("buildah", "slow"),
+    "e2e_store": ("buildah", "slow", "e2e"),
+}
+SHARED_GROUPS = {"lib_images": "lib-images", "e2e_store": "e2e"}  # tests of one shared store stay on one worker
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects and before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        have = {m.name for m in item.iter_markers()}
+        for fixture in sorted(used & IMPLIED_MARKERS.keys()):
+            for name in IMPLIED_MARKERS[fixture]:
+                if name not in have:
+                    item.add_marker(name)
+                    have.add(name)
+        for fixture in sorted(used & SHARED_GROUPS.keys()):
+            if "xdist_group" not in have:
+                item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS[fixture]))
+                have.add("xdist_group")
+
+
 @pytest.fixture
 def store():
     """A fresh private store for one test."""
@@ -148,6 +248,14 @@ def tiny_store(store):
     """A private store that already holds the busybox base image."""
     make_busybox_base(store)
     return store
+
+
+@pytest.fixture(scope="session")
+def lib_images():
+    """Real cJSON + llhttp builds (lib_images.py): (store, recipes, report, seconds), one build per run."""
+    from lib_images import build_lib_images
+
+    return build_lib_images()
 
 
 # --- end-to-end: one store, built once per run ---------------------------------

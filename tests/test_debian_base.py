@@ -12,7 +12,7 @@ import pytest
 
 from imagefactory import Install, Recipe, Run
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("e2e")]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.buildah, pytest.mark.xdist_group("e2e")]
 
 
 class AptProbe(Recipe):
@@ -48,4 +48,11 @@ def test_slim_base_bootstraps_and_apt_works(e2e_store, tmp_path):
     # the base is itself a cached build: a second run starts no container
     again = Executor(settings, e2e_store.buildah()).execute(build_plan([AptProbe], settings))
     assert again.containers_started == 0
-    assert json.dumps(again.to_dict())
+    # and the JSON report CI keeps says so: every image cached, every step a hit, same image IDs
+    data = json.loads(json.dumps(again.to_dict()))
+    first_ids = {r.name: r.image_id for r in report.results}
+    assert data["ok"] and data["commits"] == 0
+    assert {img["name"]: img["status"] for img in data["images"]} == {name: "cached" for name in first_ids}
+    assert {img["name"]: img["image_id"] for img in data["images"]} == first_ids
+    assert AptProbe.name in first_ids and "imagefactory-base-debian-slim" in first_ids
+    assert all(st["status"].endswith("hit") for img in data["images"] for st in img["steps"])

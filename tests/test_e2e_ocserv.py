@@ -17,7 +17,7 @@ import pytest
 
 from conftest import REPO
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e")]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.buildah, pytest.mark.xdist_group("e2e")]
 
 TARGETS = ("dev", "test", "build", "ci")
 IMAGES = {"dev": "ocserv-modern-dev", "test": "ocserv-modern-test", "build": "ocserv-modern-build",
@@ -157,9 +157,8 @@ def test_labels_carry_library_versions(e2e_store, ocserv):
 
 
 def test_ci_quick_validate_passes(e2e_store, ocserv):
-    t0 = time.monotonic()
-    proc = run_in(e2e_store, IMAGES["ci"], ["quick-validate"], user="1000", timeout=120)
-    seconds = time.monotonic() - t0
+    # how long it takes is measured by `bench/bench.py --only quick-validate`, not asserted here
+    proc = run_in(e2e_store, IMAGES["ci"], ["quick-validate"], user="1000", timeout=600)
     out = proc.stdout
     assert proc.returncode == 0, f"{out}\n{proc.stderr}"
     assert "FAIL" not in out.replace("0 check(s) failed", "")
@@ -168,7 +167,6 @@ def test_ci_quick_validate_passes(e2e_store, ocserv):
                   "libuv version", "llhttp version", "cJSON version", "mimalloc version"):
         assert f"PASS  {check}" in out, check
     assert out.rstrip().endswith("quick-validate: PASS")
-    assert seconds < 60
 
 
 def test_quick_validate_fails_on_a_wrong_version(e2e_store, ocserv, tmp_path):
@@ -236,6 +234,7 @@ def test_build_has_packaging_tools_and_no_debuggers(e2e_store, ocserv):
 
 # --- last: one library's flags change → only that layer and the later ones rebuild ------------
 def test_one_library_flag_change_rebuilds_only_it_and_later(e2e_store, ocserv):
+    """What rebuilds is checked here; how long it takes is `bench/bench.py --only flag` (docs/performance.md)."""
     t0 = time.monotonic()
     variant = build(e2e_store, "ci", report=ocserv["dir"] / "variant.json",
                     extra=("--set", "ocserv.cflags.cjson=-DIMAGEFACTORY_E2E_VARIANT=1"))
@@ -256,7 +255,6 @@ def test_one_library_flag_change_rebuilds_only_it_and_later(e2e_store, ocserv):
     assert imgs["ocserv-modern-ci"]["status"] == "built"
     assert imgs["imagefactory-base-debian-slim"]["status"] == "cached"
     print(f"variant rebuild (cjson flags): {seconds:.0f}s, {len(ran)} step(s) run in the release stage")
-    assert seconds < 300
     # the variant's flags are in the manifest of the rebuilt image...
     proc = run_in(e2e_store, IMAGES["build"], ["grep", "-c", "IMAGEFACTORY_E2E_VARIANT",
                                                "/usr/local/share/imagefactory/manifest.d/cjson.json"])

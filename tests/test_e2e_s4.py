@@ -27,7 +27,7 @@ import pytest
 
 from conftest import REPO, require_tool
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("e2e")]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.buildah, pytest.mark.xdist_group("e2e")]
 
 IMAGE = "localhost/s4:latest"
 SUPERVISORCTL = ["supervisorctl"]  # as the runbook types it: finds /etc/supervisord.conf by itself
@@ -427,8 +427,8 @@ def test_s4_runs_serves_s3_and_the_app_restarts_programs_and_keeps_data(s4_build
     seconds, state = stop_with_sigterm(podman, ctr)
     logs = podman.logs(ctr)
     print(f"s4: stopped in {seconds:.1f}s, exit code {state['ExitCode']}")
-    assert seconds < 30, f"no clean stop within 30 s ({seconds:.1f}s)\n{logs[-3000:]}"
-    assert state["ExitCode"] == 0, f"exit code {state['ExitCode']}\n{logs[-3000:]}"
+    # exit code 0, not 137: supervisord ended on the TERM itself, before podman's KILL at the limit
+    assert state["ExitCode"] == 0, f"exit code {state['ExitCode']} after {seconds:.1f}s\n{logs[-3000:]}"
     assert "SIGTERM" in logs and "stopped: rgw" in logs and "stopped: nodejs" in logs, logs[-3000:]
 
     # the volume as the image before the db/ layout left it: the databases at its top
@@ -453,4 +453,4 @@ def test_s4_runs_serves_s3_and_the_app_restarts_programs_and_keeps_data(s4_build
     # the image's HEALTHCHECK, run by podman (no systemd timers here, so on demand)
     podman("healthcheck", "run", ctr2)
     seconds, state = stop_with_sigterm(podman, ctr2)
-    assert seconds < 30 and state["ExitCode"] == 0, (seconds, state, podman.logs(ctr2)[-3000:])
+    assert state["ExitCode"] == 0, (seconds, state, podman.logs(ctr2)[-3000:])

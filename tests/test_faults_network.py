@@ -19,7 +19,7 @@ import pytest
 from faultserver import FaultServer
 from registry import local_registry
 
-from conftest import REPO
+from conftest import REPO, wait_for_text_in_logs
 from imagefactory.buildah import Buildah, BuildahError, StorageOptions
 from imagefactory.sources import RetryPolicy, SourceError, SourcePin, Sources
 
@@ -147,6 +147,7 @@ def _buildah(store, attempts: int = 3) -> Buildah:
                    retry=RetryPolicy(attempts=attempts, initial=0.05, maximum=0.2))
 
 
+@pytest.mark.buildah
 def test_pull_retries_5xx_then_succeeds(flaky_registry):
     store, proxy = flaky_registry
     proxy.every = ["503"]
@@ -154,10 +155,12 @@ def test_pull_retries_5xx_then_succeeds(flaky_registry):
         _buildah(store, attempts=1).pull(f"{proxy.host}/flaky/hello:1", tls_verify=False)
     proxy.every = ["503", "503"]
     image_id = _buildah(store, attempts=3).pull(f"{proxy.host}/flaky/hello:1", tls_verify=False)
-    assert image_id and proxy.every == []
-    assert any(n.endswith("flaky/hello:1") for r in store.buildah().images() for n in r.names)
+    assert proxy.every == []  # both 503s were served, then the pull went through
+    pulled = [r for r in store.buildah().images() if any(n.endswith("flaky/hello:1") for n in r.names)]
+    assert [r.id for r in pulled] == [image_id.removeprefix("sha256:")]
 
 
+@pytest.mark.buildah
 def test_pull_gives_up_on_persistent_5xx_with_the_attempt_count(flaky_registry):
     store, proxy = flaky_registry
     proxy.every = ["503"] * 100
@@ -166,6 +169,7 @@ def test_pull_gives_up_on_persistent_5xx_with_the_attempt_count(flaky_registry):
     assert "gave up after 3 attempts" in err.value.stderr_tail and "503" in err.value.stderr_tail
 
 
+@pytest.mark.buildah
 def test_pull_of_a_missing_image_or_with_bad_credentials_fails_at_once(flaky_registry):
     store, proxy = flaky_registry
     with pytest.raises(BuildahError) as err:
@@ -181,6 +185,7 @@ def test_pull_of_a_missing_image_or_with_bad_credentials_fails_at_once(flaky_reg
     assert "not retried" in err.value.stderr_tail and time.monotonic() - t0 < 5
 
 
+@pytest.mark.buildah
 def test_push_retries_through_resets(flaky_registry, tmp_path):
     store, proxy = flaky_registry
     bd = _buildah(store)
@@ -192,6 +197,8 @@ def test_push_retries_through_resets(flaky_registry, tmp_path):
 
 # --- apt against an unreachable mirror, inside a real Debian image -------------------------------
 @pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.buildah
 @pytest.mark.xdist_group("e2e")
 def test_install_against_an_unreachable_apt_mirror_fails_clearly(e2e_store, tmp_path):
     import socket
@@ -212,10 +219,9 @@ def test_install_against_an_unreachable_apt_mirror_fails_clearly(e2e_store, tmp_
                 yield Install("hello")
     """))
     report = tmp_path / "report.json"
-    t0 = time.monotonic()
-    proc = e2e_store.cli("build", "fault-apt-down", "--report", str(report), check=False,
+    # a hang guard, not a timing claim: apt gives up on a refused port at once (3 retries)
+    proc = e2e_store.cli("build", "fault-apt-down", "--report", str(report), check=False, timeout=1800,
                          env=e2e_store.env(IMAGEFACTORY_RECIPE_PATHS=str(recipe)))
-    elapsed = time.monotonic() - t0
     err = " ".join(proc.stderr.split())
     assert proc.returncode == 1, err[-3000:]
     assert "fault-apt-down: step 2 failed" in err and "apt-get update" in err
@@ -223,7 +229,6 @@ def test_install_against_an_unreachable_apt_mirror_fails_clearly(e2e_store, tmp_
     assert "package mirror" in err and "debian_mirror" in err  # and what to do about it
     assert json.loads(report.read_text())["failed"]["image"] == "fault-apt-down"
     assert e2e_store.containers() == []
-    assert elapsed < 300
 
 
 def _needs_base(folder: Path, name: str) -> Path:
@@ -241,6 +246,7 @@ def _needs_base(folder: Path, name: str) -> Path:
     return recipe
 
 
+@pytest.mark.buildah
 def test_bootstrap_from_an_unreachable_mirror_retries_then_fails_clearly(store, tmp_path):
     """The base's bootstrap is network-bound too: retried on mirror errors, then a message with the fix."""
     import socket
@@ -262,6 +268,7 @@ def test_bootstrap_from_an_unreachable_mirror_retries_then_fails_clearly(store, 
     assert store.containers() == []
 
 
+@pytest.mark.buildah
 def test_sigterm_during_the_bootstrap_stops_it_at_once(store, tmp_path):
     """debootstrap runs through the wrapper's process plumbing: cancelling the build cancels it too."""
     import signal
@@ -270,12 +277,9 @@ def test_sigterm_during_the_bootstrap_stops_it_at_once(store, tmp_path):
     env = store.env(IMAGEFACTORY_RECIPE_PATHS=str(recipe))
     proc = subprocess.Popen([sys.executable, "-m", "imagefactory", "build", "fault-bootstrap-cancel", *store.args()],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    logs = store.home / "cache" / "imagefactory" / "logs"
-    deadline = time.time() + 60
-    while time.time() < deadline and not any("Retrieving" in p.read_text(errors="replace")
-                                             for p in logs.rglob("*bootstrap*.log") if p.is_file()):
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.1)
+    # the bootstrap must be downloading when the signal comes, or the test proves nothing
+    wait_for_text_in_logs(store.home / "cache" / "imagefactory" / "logs", "Retrieving", proc, timeout=120,
+                          pattern="*bootstrap*.log")
     proc.send_signal(signal.SIGTERM)
     t0 = time.monotonic()
     _, err = proc.communicate(timeout=60)

@@ -1,18 +1,18 @@
 """BuildLibrary: cache keys from render (fast), and real cJSON + llhttp builds in both profiles (buildah, slow).
 
-Two images share one Debian 13 slim base plus the build dependencies:
-``a`` = cJSON debug + llhttp release, ``b`` = cJSON release + llhttp debug. Both are verified with
-the ELF verifier and their build manifests are checked against the pins and patches.
+The real builds are the shared images of lib_images.py (``a`` = cJSON debug + llhttp release,
+``b`` = cJSON release + llhttp debug). Both are verified with the ELF verifier and their build
+manifests are checked against the pins and patches.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_SOURCES, new_store, require_tool
+from conftest import SHARED_SOURCES
+from lib_images import REVISION, git_head
 
 from imagefactory import config
 from imagefactory.libraries import (
@@ -117,123 +117,7 @@ def test_library_labels_and_build_deps():
     assert {"gcc", "make", "cmake", "pkgconf", "patch"} <= set(BUILD_DEPS)
 
 
-# --- real builds ----------------------------------------------------------------------------
-CONSUMER = r"""
-d=$(mktemp -d); cd "$d"
-cat > t.c <<'EOF'
-#include <string.h>
-#include <stdio.h>
-#include <cjson/cJSON.h>
-#include <llhttp.h>
-int main(void) {
-  llhttp_t parser; llhttp_settings_t settings;
-  const char *req = "GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
-  cJSON *o = cJSON_Parse("{\"a\": 42}");
-  llhttp_settings_init(&settings);
-  llhttp_init(&parser, HTTP_REQUEST, &settings);
-  if (llhttp_execute(&parser, req, strlen(req)) != HPE_OK) return 1;
-  if (!o || cJSON_GetObjectItem(o, "a")->valueint != 42) return 2;
-  cJSON_Delete(o);
-  puts("cjson+llhttp ok");
-  return 0;
-}
-EOF
-cc $(pkg-config --cflags libcjson llhttp) t.c -o t $(pkg-config --libs libcjson llhttp)
-./t
-cd / && rm -rf "$d"
-"""
-
-_SHARED: dict[str, object] = {}
-
-
-def _define_recipes():
-    from imagefactory.steps import Install, Run
-
-    class Deps(Recipe):
-        """test: Debian 13 slim + the library build dependencies"""
-
-        name = "imagefactory-test-libdeps"
-        base = "slim"
-        hidden = True
-        squash = False  # squashing leaves costs ~20 s per image and proves nothing here
-
-        def steps(self):
-            yield Install(*BUILD_DEPS)
-
-    class ImageA(Deps):
-        """test: cJSON debug + llhttp release"""
-
-        name = "imagefactory-test-libs-a"
-
-        def steps(self):
-            yield BuildLibrary(CJSON, DEBUG)
-            yield BuildLibrary(LLHTTP, RELEASE)
-            yield Run(CONSUMER, title="compile and run a program against both libraries")
-
-    class ImageB(Deps):
-        """test: cJSON release + llhttp debug"""
-
-        name = "imagefactory-test-libs-b"
-
-        def steps(self):
-            yield BuildLibrary(CJSON, RELEASE)
-            yield BuildLibrary(LLHTTP, DEBUG)
-
-    class Unsafe(Deps):
-        """test: a hardened llhttp next to a deliberately unhardened binary"""
-
-        name = "imagefactory-test-libs-unsafe"
-
-        def steps(self):
-            yield BuildLibrary(LLHTTP, RELEASE)
-            yield Run("d=$(mktemp -d)\nprintf 'int main(void){char b[64]; return b[0];}\\n' > \"$d/u.c\"\n"
-                      "gcc -O0 -no-pie -fno-stack-protector -Wl,-z,execstack -Wl,-z,norelro \"$d/u.c\" "
-                      "-o /usr/local/bin/unsafe-tool\nstrip /usr/local/bin/unsafe-tool\nrm -rf \"$d\"",
-                      title="install an unhardened binary")
-
-    return {"deps": Deps, "a": ImageA, "b": ImageB, "unsafe": Unsafe}
-
-
-def build_lib_images():
-    """Build the test images once per process; returns (store, recipes, report, seconds)."""
-    if "store" in _SHARED:
-        return _SHARED["store"], _SHARED["recipes"], _SHARED["report"], _SHARED["seconds"]
-    require_tool("buildah")
-    from imagefactory.execute import Executor
-    from imagefactory.plan import build_plan
-
-    store = new_store("libs")
-    recipes = _define_recipes()
-    _SHARED["revision"] = _git_head()
-    settings = store.settings()
-    t0 = time.monotonic()
-    try:
-        report = Executor(settings, store.buildah()).execute(
-            build_plan([recipes["a"], recipes["b"], recipes["unsafe"]], settings))
-    except Exception:
-        store.destroy()
-        raise
-    _SHARED.update(store=store, recipes=recipes, report=report, seconds=time.monotonic() - t0)
-    return store, recipes, report, _SHARED["seconds"]
-
-
-@pytest.fixture(scope="session")
-def lib_images():
-    owner = "store" not in _SHARED
-    built = build_lib_images()
-    yield built
-    if owner:
-        built[0].destroy()
-        _SHARED.clear()
-
-
-def _git_head() -> str:
-    import subprocess
-
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_PATCHES.parent, capture_output=True,
-                          text=True).stdout.strip()
-
-
+# --- real builds (the shared images of lib_images.py) --------------------------------------
 def _timings(report) -> list[str]:
     return [f"{r.name}: {s.summary} {s.seconds:.1f}s" for r in report.results for s in r.steps
             if s.kind == "library" and s.status == "run"]
@@ -251,7 +135,8 @@ def test_built_libraries_verify_and_manifest(lib_images, image, cjson_profile, l
     from imagefactory.verify import verify_tree
 
     store, recipes, report, seconds = lib_images
-    print(f"\nbuilt test images in {seconds:.0f}s; " + "; ".join(_timings(report)))
+    print(f"\ntest images ready in {seconds:.0f}s ({report.containers_started} containers started); "
+          + "; ".join(_timings(report)))
     assert report.ok
     with store.buildah().mounted_image(recipes[image].image_ref()) as root:
         result = verify_tree(root)
@@ -306,7 +191,7 @@ def test_one_layer_per_library_and_a_cached_rebuild(lib_images):
     again = Executor(store.settings(), store.buildah()).execute(build_plan([recipes["a"], recipes["b"]], store.settings()))
     for result in again.results:
         ran = [s.summary for s in result.steps if s.status in ("run", "final")]
-        if _git_head() == _SHARED.get("revision"):
+        if git_head() == REVISION.get("at_build"):
             assert ran == [], f"{result.name} rebuilt {ran}"
         else:  # a commit landed meanwhile: only the revision-label commit may be redone
             assert all("revision labels" in r for r in ran), f"{result.name} rebuilt {ran}"

@@ -1,4 +1,5 @@
-"""imagefactory.sbom on a realistic fake image root (the host's real dpkg database), no containers."""
+"""imagefactory.sbom on a realistic image root: the host's real dpkg database, and the build manifest
+the library steps really wrote into one of the shared library test images (lib_images.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import REPO, require_tool
 from packageurl import PackageURL
 
 from imagefactory import sbom
 from imagefactory.sbom import BaseImage, ImageFacts, Inventory
+from imagefactory.sources import sha256_file
+from imagefactory.toolchain import RELEASE
+from recipes.libs import CJSON, LLHTTP
 
 try:
     from sbom_checks import (
@@ -36,49 +41,27 @@ except ImportError:  # tests/ made a package
 HOST_STATUS = Path("/var/lib/dpkg/status")
 HOST_DOC = Path("/usr/share/doc")
 
-pytestmark = pytest.mark.skipif(
-    not HOST_STATUS.is_file() or shutil.which("dpkg-query") is None,
-    reason="needs a Debian host (real dpkg status database and dpkg-query)",
-)
-
+# What the manifest of the library test image ``b`` holds (cJSON release with its patch, llhttp debug
+# from its alternate archive), from the pins: name -> (version, archive, sha256, license, purl, download url)
+LLHTTP_ARCHIVE = LLHTTP.pin.alternates[0]
 LIBRARIES = {
-    "wolfssl": ("5.9.2", "wolfssl-5.9.2-stable.tar.gz",
-                "2f4ef3d4fd387a9b3191d36a6316d69116c46ff69bb9583b6c82b36d7b8ca114", "GPL-3.0-or-later",
-                "pkg:github/wolfssl/wolfssl@v5.9.2-stable",
-                "https://github.com/wolfSSL/wolfssl/archive/refs/tags/v5.9.2-stable.tar.gz"),
-    "libuv": ("1.52.1", "libuv-1.52.1-snapshot.tar.gz",
-              "b0d728e2f3cb0204ea09caa510cc9982c600ef6ca27612ee2f6298b8e19817d3", "MIT",
-              "pkg:github/libuv/libuv@v1.52.1", "https://github.com/libuv/libuv/archive/refs/tags/v1.52.1.tar.gz"),
-    "llhttp": ("9.4.3", "httptools-0.9.0.tar.gz",
-               "d484ebb7e3a3f3597b0f645fbd1b85633674ca808c1f5ba11c2caf7c66f5c8b6", "MIT",
-               "pkg:github/nodejs/llhttp@v9.4.3", "https://github.com/MagicStack/httptools/archive/v0.9.0.tar.gz"),
-    "cJSON": ("1.7.19", "cJSON-1.7.19.tar.gz",
-              "7fa616e3046edfa7a28a32d5f9eacfd23f92900fe1f8ccd988c1662f30454562", "MIT",
-              "pkg:github/davegamble/cjson@v1.7.19", "https://github.com/DaveGamble/cJSON/archive/v1.7.19.tar.gz"),
-    "mimalloc": ("3.4.3", "cmeel_mimalloc-3.4.3.tar.gz",
-                 "8d355a77cc0f4133cdeb9156c9098bbb4e88924326d38343cf73ff9caa95ece3", "MIT",
-                 "pkg:github/microsoft/mimalloc@v3.4.3",
-                 "https://github.com/cmake-wheel/cmeel-mimalloc/archive/v3.4.3.tar.gz"),
+    CJSON.pin.library: (CJSON.pin.version, CJSON.pin.filename, CJSON.pin.sha256, CJSON.pin.license, CJSON.pin.purl,
+                        CJSON.pin.url),
+    LLHTTP.pin.library: (LLHTTP.pin.version, LLHTTP_ARCHIVE.filename, LLHTTP_ARCHIVE.sha256, LLHTTP.pin.license,
+                         LLHTTP.pin.purl, LLHTTP.pin.url),
 }
-PATCH = {"name": "0001-wolfssl-disable-old-ciphers.patch",
-         "sha256": "a" * 64}
+PATCHED = CJSON.pin.library  # the library built with a patch, in the release profile
+PATCH_FILE = REPO / "patches" / "cjson" / CJSON.pin.version / "0001-cmake-policy-range.patch"
+PATCH = {"name": PATCH_FILE.name, "sha256": sha256_file(PATCH_FILE)}
 PARENTS = [("ocserv-modern", "c" * 64), ("debian-trixie-minbase", "e" * 64)]
 IMAGE_ID = "b" * 64
 
 
-def _manifest() -> dict:
-    libs = []
-    for name, (version, archive, sha, lic, purl, url) in LIBRARIES.items():
-        libs.append({
-            "name": name, "version": version, "license": lic, "purl": purl,
-            "upstream_url": url,
-            "archive": {"name": archive, "sha256": sha, "url": url},
-            "patches": [PATCH] if name == "wolfssl" else [],
-            "profile": "release",
-            "flags": {"CFLAGS": "-O2 -fstack-protector-strong -D_FORTIFY_SOURCE=3", "LDFLAGS": "-Wl,-z,relro,-z,now"},
-            "options": ["--enable-tls13", "--disable-oldtls"] if name == "wolfssl" else [],
-        })
-    return {"schema": 1, "libraries": libs}
+def _manifest(lib_images) -> dict:
+    """The manifest.json the BuildLibrary steps wrote into a real image, with every field they write."""
+    store, recipes, _, _ = lib_images
+    with store.buildah().mounted_image(recipes["b"].image_ref()) as root:
+        return json.loads((root / sbom.MANIFEST_PATH).read_text())
 
 
 def _lockfile() -> dict:
@@ -103,7 +86,10 @@ def _lockfile() -> dict:
     }
 
 
-def _make_root(root: Path) -> Path:
+def _make_root(root: Path, manifest: dict) -> Path:
+    require_tool("dpkg-query")  # ci/setup's Debian has both; missing means a broken setup: fail, never skip
+    if not HOST_STATUS.is_file():
+        pytest.fail(f"{HOST_STATUS} is missing: these tests read the host's real dpkg database (run on Debian)")
     (root / "var/lib/dpkg").mkdir(parents=True)
     shutil.copy(HOST_STATUS, root / "var/lib/dpkg/status")
     (root / "etc").mkdir()
@@ -120,7 +106,7 @@ def _make_root(root: Path) -> Path:
                 shutil.copy(d / "copyright", doc / d.name / "copyright")
     man = root / sbom.MANIFEST_PATH
     man.parent.mkdir(parents=True)
-    man.write_text(json.dumps(_manifest(), indent=2))
+    man.write_text(json.dumps(manifest, indent=2))
     lock = root / "opt/app-root/src/package-lock.json"
     lock.parent.mkdir(parents=True)
     lock.write_text(json.dumps(_lockfile(), indent=2))
@@ -137,8 +123,8 @@ def _facts() -> ImageFacts:
 
 
 @pytest.fixture(scope="module")
-def fake_root(tmp_path_factory) -> Path:
-    return _make_root(tmp_path_factory.mktemp("sbom") / "root")
+def fake_root(tmp_path_factory, lib_images) -> Path:
+    return _make_root(tmp_path_factory.mktemp("sbom") / "root", _manifest(lib_images))
 
 
 @pytest.fixture(scope="module")
@@ -202,30 +188,30 @@ def test_libraries_present_with_archive_hash(written):
     expected = {n: (v[0], v[2]) for n, v in LIBRARIES.items()}
     assert_sbom_has_libraries(first["spdx"], first["cyclonedx"], expected)
     by_name = {c.name: c for c in inv.by_kind("source")}
-    assert by_name["wolfssl"].license == "GPL-3.0-or-later"
-    assert by_name["wolfssl"].purl == "pkg:github/wolfssl/wolfssl@v5.9.2-stable"
+    assert by_name[PATCHED].license == LIBRARIES[PATCHED][3]
+    assert by_name[PATCHED].purl == LIBRARIES[PATCHED][4]
 
 
 def test_library_properties_and_reference(written):
     first, _, _ = written
     cdx = json.loads(first["cyclonedx"].read_text())
-    wolf = next(c for c in cdx["components"] if c["name"] == "wolfssl")
-    props = {p["name"]: p["value"] for p in wolf["properties"]}
+    patched = next(c for c in cdx["components"] if c["name"] == PATCHED)
+    props = {p["name"]: p["value"] for p in patched["properties"]}
     assert props["imagefactory:profile"] == "release"
-    assert props["imagefactory:cflags"].startswith("-O2")
-    assert props["imagefactory:ldflags"] == "-Wl,-z,relro,-z,now"
-    assert "--enable-tls13" in props["imagefactory:options"]
-    assert props["imagefactory:archive"] == "wolfssl-5.9.2-stable.tar.gz"
-    assert {"type": "distribution", "url": LIBRARIES["wolfssl"][5]} in wolf["externalReferences"]
-    assert wolf["licenses"] == [{"license": {"id": "GPL-3.0-or-later"}}]
+    assert props["imagefactory:cflags"] == RELEASE.flags()["CFLAGS"]
+    assert props["imagefactory:ldflags"] == RELEASE.flags()["LDFLAGS"]
+    assert "-DENABLE_CJSON_UTILS=On" in props["imagefactory:options"]
+    assert props["imagefactory:archive"] == LIBRARIES[PATCHED][1]
+    assert {"type": "distribution", "url": LIBRARIES[PATCHED][5]} in patched["externalReferences"]
+    assert patched["licenses"] == [{"license": {"id": LIBRARIES[PATCHED][3]}}]
 
 
 def test_patch_recorded_as_pedigree(written):
     first, _, _ = written
-    assert_sbom_patches(first["cyclonedx"], "wolfssl", [PATCH["name"]])
+    assert_sbom_patches(first["cyclonedx"], PATCHED, [PATCH["name"]])
     doc, _ = assert_sbom_valid(first["spdx"], first["cyclonedx"])
-    wolf = next(p for p in doc.packages if p.name == "wolfssl")
-    assert PATCH["name"] in wolf.source_info and PATCH["sha256"] in wolf.source_info
+    patched = next(p for p in doc.packages if p.name == PATCHED)
+    assert PATCH["name"] in patched.source_info and PATCH["sha256"] in patched.source_info
 
 
 def test_npm_packages(written):
@@ -268,7 +254,7 @@ def test_byte_identical_across_runs(written):
 def test_summary(written):
     _, _, inv = written
     s = sbom.summary(inv)
-    assert s["source"] == 5 and s["npm"] == 2 and s["rpm"] == 0
+    assert s["source"] == len(LIBRARIES) and s["npm"] == 2 and s["rpm"] == 0
     assert s["total"] == s["deb"] + s["rpm"] + s["source"] + s["npm"]
 
 

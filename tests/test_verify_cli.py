@@ -1,6 +1,6 @@
 """`imagefactory verify` on real images: the hardened library images pass, an unhardened binary fails.
 
-Shares the images test_libraries.py builds (one build per test process).
+Reads the shared library test images (lib_images.py, one build per test run).
 """
 
 from __future__ import annotations
@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_libraries import lib_images  # noqa: F401 - the shared, session-scoped images
 
 pytestmark = [pytest.mark.buildah, pytest.mark.slow]
 
 
-def test_verify_passes_on_hardened_libraries(lib_images, tmp_path):  # noqa: F811
+def test_verify_passes_on_hardened_libraries(lib_images, tmp_path):
     store, recipes, _, _ = lib_images
     ref = recipes["a"].image_ref()
     proc = store.cli("verify", ref, "--size", "--report", str(tmp_path / "a.json"))
@@ -27,7 +26,7 @@ def test_verify_passes_on_hardened_libraries(lib_images, tmp_path):  # noqa: F81
     assert data["image_checks"][0]["status"] == "info"
 
 
-def test_verify_fails_naming_the_unhardened_file(lib_images, tmp_path):  # noqa: F811
+def test_verify_fails_naming_the_unhardened_file(lib_images, tmp_path):
     store, recipes, _, _ = lib_images
     ref = recipes["unsafe"].image_ref()
     proc = store.cli("verify", ref, "--report", str(tmp_path / "u.json"), check=False)
@@ -42,7 +41,7 @@ def test_verify_fails_naming_the_unhardened_file(lib_images, tmp_path):  # noqa:
     assert not any(f.startswith("usr/local/lib/libllhttp") for f, _ in failed)  # its neighbour is fine
 
 
-def test_verify_profile_override_and_unknown_image(lib_images):  # noqa: F811
+def test_verify_profile_override_and_unknown_image(lib_images):
     store, recipes, _, _ = lib_images
     # forcing "release" on the image holding debug cJSON: the debug info is now a failure
     proc = store.cli("verify", recipes["a"].image_ref(), "--profile", "release", check=False)
