@@ -8,7 +8,7 @@ import pytest
 
 from imagefactory import config
 from imagefactory.platforms import get_platform, host_debian_mirror
-from imagefactory.plan import PlanError, Plan, build_plan, resolve_graph
+from imagefactory.plan import PlanError, build_plan, resolve_graph
 from imagefactory.walk import step_key
 from imagefactory.recipe import CATALOGUE, Recipe, RecipeError
 from imagefactory.loader import load_recipes
@@ -147,12 +147,12 @@ def test_duplicate_recipe_name_is_an_error():
 
     class One(Recipe):
         """one"""
-        name = "placeholder-one"
 
-    with pytest.raises(RecipeError, match="defined twice"):
-        type("Two", (Recipe,), {"name": "placeholder-one", "__doc__": "two", "__module__": "elsewhere"})
-    assert CATALOGUE.get("placeholder-one") is One
-    assert name
+    One.name = name
+    CATALOGUE.add(One)
+    with pytest.raises(RecipeError, match=f"{name}.*defined twice"):
+        type("Two", (Recipe,), {"name": name, "__doc__": "two", "__module__": "elsewhere"})
+    assert CATALOGUE.get(name) is One, "the first definition stays"
 
 
 def test_copy_of_missing_file_names_recipe_and_file():
@@ -250,7 +250,7 @@ def test_ubi9_plan_renders_without_buildah():
             yield Install("libpam0g-dev", "make")
 
     plan = build_plan([OnUbi], settings(platform="ubi9"))
-    assert isinstance(plan, Plan)
+    assert [n.name for n in plan.nodes] == ["imagefactory-base-ubi9-minimal", OnUbi.name]
     assert plan.nodes[0].parent == "registry.access.redhat.com/ubi9/ubi-minimal:latest"
     (p,) = plan.node(OnUbi).planned
     r = p.rendered
