@@ -143,7 +143,7 @@ class Executor:
             self._revision, self._source = git_facts(plan)
             self.reporter.start(plan)
             results = {n.name: ImageResult(n.name, n.recipe.target_name(), n.recipe.image_ref(),
-                                           size_budget_mb=n.recipe.size_budget_mb) for n in plan.nodes}
+                                           size_budget_mb=n.recipe.size_budget(plan.platform.name)) for n in plan.nodes}
             try:
                 self._run_graph(plan, results)
             finally:

@@ -33,12 +33,13 @@ from __future__ import annotations
 from typing import ClassVar
 
 from imagefactory.libraries import BUILD_DEPS, BuildLibrary, LibrarySpec, library_labels
-from imagefactory.recipe import Recipe, Runtime
+from imagefactory.recipe import Recipe, RecipeError, Runtime
 from imagefactory.steps import AddUser, Config, Copy, CopyFrom, Install, Rendered, Run, RunCall, User
 from imagefactory.toolchain import DEBUG, RELEASE, Profile
 
 from .libs import ALL, CJSON, LIBUV, LLHTTP, MIMALLOC, WOLFSSL
-from .packages import DEBUG_TOOLS, MIN_TOOLCHAIN, OCSERV_BUILD_DEPS, PACKAGING, TEST_TOOLS, TOOLCHAIN
+from .packages import (DEBUG_TOOLS, MIN_TOOLCHAIN, NATIVE_PACKAGING, OCSERV_BUILD_DEPS, RPM_PACKAGING, TEST_TOOLS,
+                       TOOLCHAIN)
 
 SHARE = "/usr/local/share/ocserv-modern"
 VERSIONS_FILE = f"{SHARE}/versions"
@@ -53,17 +54,13 @@ UNUSED_BUILD_FILES = ("/usr/bin/*lto-dump*", "/usr/share/cmake-*/Help")
 # The release build image does not build with sanitizers: their runtimes (~27 MB) go too.
 SANITIZER_RUNTIMES = ("/usr/lib/x86_64-linux-gnu/lib*san.so*", "/usr/lib/gcc/*/*/lib*san*.a",
                       "/usr/lib/gcc/*/*/lib*san*.so", "/usr/lib/gcc/*/*/lib*san_preinit.o")
-# What a release build/CI image keeps besides MIN_TOOLCHAIN and PACKAGING: binutils (ar, ld,
-# strip for LTO archives), file, xz/patch for source packages.
+# What a release build/CI image keeps besides MIN_TOOLCHAIN and the packaging tools: binutils
+# (ar, ld, strip for LTO archives), file, xz/patch for source packages.
 RELEASE_EXTRAS = ("binutils", "file", "patch", "xz-utils")
-# dev starts from the full base, so packages bring docs and translations: ~37 MB of
-# /usr/share/doc and ~65 MB of /usr/share/locale (gcc, binutils, gdb messages) for dev's
-# packages. Dropped in each install layer; copyright files and man pages stay.
-DEV_CLEANUP = (
-    "find /usr/share/doc -mindepth 1 -not -name copyright -not -type d -delete",
-    "find /usr/share/doc -mindepth 1 -type d -empty -delete",
-    "find /usr/share/locale -mindepth 1 -maxdepth 1 -not -name locale.alias -exec rm -rf {} +",
-)
+# Docs, man pages and translations never reach any layer: the Debian base tells dpkg to skip them
+# (imagefactory.platforms.DPKG_PATH_EXCLUDES); dnf installs with --nodocs.
+RPM_SETTING = "ocserv.packaging.rpm"
+_YES, _NO = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
 def unique(*groups: tuple[str, ...]) -> tuple[str, ...]:
@@ -77,18 +74,26 @@ def unique(*groups: tuple[str, ...]) -> tuple[str, ...]:
 class InstallTrimmed(Install):
     """Install packages, then delete files nobody runs *in the same layer* (so they add no bytes)."""
 
-    def __init__(self, *packages: str, drop: tuple[str, ...] = (), cleanup: tuple[str, ...] = ()):
+    def __init__(self, *packages: str, drop: tuple[str, ...] = ()):
         super().__init__(*packages)
         self.drop = tuple(drop)
-        self.cleanup = tuple(cleanup)
 
     def render(self, ctx) -> Rendered:
         rendered = super().render(ctx)
-        lines = (["rm -rf " + " ".join(self.drop)] if self.drop else []) + list(self.cleanup)
-        if lines:
-            rendered.calls.append(RunCall(("/bin/sh", "-ec", "\n".join(lines))))
+        if self.drop:
+            rendered.calls.append(RunCall(("/bin/sh", "-ec", "rm -rf " + " ".join(self.drop))))
             rendered.summary += " (then trimmed)"
         return rendered
+
+
+def packaging_tools(settings) -> tuple[str, ...]:
+    """The platform's own packaging tools; rpm tooling on Debian only when ``ocserv.packaging.rpm`` is on."""
+    native = NATIVE_PACKAGING.get(settings.platform, ())
+    wanted = (settings.value(RPM_SETTING) or "").strip().lower()
+    if wanted not in _YES + _NO:
+        raise RecipeError(f"setting {RPM_SETTING}={wanted!r} (ocserv-modern-build): use 1/true/yes/on to "
+                          "install rpm and createrepo-c, or 0/false/no/off (the default) to leave them out")
+    return unique(native, RPM_PACKAGING) if wanted in _YES else native
 
 
 def library_profile(settings, spec: LibrarySpec, profile: Profile) -> Profile:
@@ -139,14 +144,14 @@ class Dev(Recipe):
     name = "ocserv-modern-dev"
     target = "dev"
     base = "full"
-    size_budget_mb = 500
+    size_budget_mb: ClassVar[dict[str, float]] = {"debian": 9999, "ubi9": 500}
     labels: ClassVar[dict[str, str]] = {**LIBRARY_LABELS, "io.imagefactory.profile": DEBUG.name}
     runtime = Runtime(user="developer", workdir="/workspace", mount_project="/workspace")
 
     def steps(self):
-        yield InstallTrimmed(*unique(TOOLCHAIN, BUILD_DEPS), cleanup=DEV_CLEANUP)
-        yield InstallTrimmed(*OCSERV_BUILD_DEPS, cleanup=DEV_CLEANUP)
-        yield InstallTrimmed(*DEBUG_TOOLS, cleanup=DEV_CLEANUP)
+        yield Install(*unique(TOOLCHAIN, BUILD_DEPS))
+        yield Install(*OCSERV_BUILD_DEPS)
+        yield Install(*DEBUG_TOOLS)
         yield from build_libraries(self.settings, DEBUG)
         yield AddUser("developer", 1000, 1000, home="/home/developer", owns=("/workspace",))
         yield Config(user="developer", workdir="/workspace", cmd=["bash"])
@@ -165,7 +170,7 @@ class Test(Dev):
 
     name = "ocserv-modern-test"
     target = "test"
-    size_budget_mb = 500
+    size_budget_mb: ClassVar[dict[str, float]] = {"debian": 9999, "ubi9": 500}
 
     def steps(self):
         yield User("root")  # dev's image runs as developer; installing needs root
@@ -216,13 +221,13 @@ class Build(Recipe):
     name = "ocserv-modern-build"
     target = "build"
     base = "slim"
-    size_budget_mb = 200
+    size_budget_mb: ClassVar[dict[str, float]] = {"debian": 9999, "ubi9": 200}
     stages: ClassVar[dict] = {"libraries": ReleaseLibraries}
     labels: ClassVar[dict[str, str]] = {**LIBRARY_LABELS, "io.imagefactory.profile": RELEASE.name}
     runtime = Runtime(user="builder", workdir="/workspace", mount_project="/workspace")
 
     def steps(self):
-        yield InstallTrimmed(*unique(MIN_TOOLCHAIN, RELEASE_EXTRAS, PACKAGING),
+        yield InstallTrimmed(*unique(MIN_TOOLCHAIN, RELEASE_EXTRAS, packaging_tools(self.settings)),
                              drop=UNUSED_BUILD_FILES + SANITIZER_RUNTIMES)
         yield CopyFrom("libraries", "/usr/local", "/usr/local")
         yield Run("ldconfig", title="ldconfig: register the libraries in /usr/local/lib")
@@ -243,7 +248,7 @@ class Ci(Build):
 
     name = "ocserv-modern-ci"
     target = "ci"
-    size_budget_mb = 200
+    size_budget_mb: ClassVar[dict[str, float]] = {"debian": 9999, "ubi9": 200}
 
     def steps(self):
         yield User("root")  # build's image runs as builder
@@ -255,4 +260,5 @@ class Ci(Build):
         yield Config(user="builder", workdir="/workspace", cmd=["quick-validate"])
 
 
-__all__ = ["Build", "Ci", "Dev", "EXPECTED", "InstallTrimmed", "Test", "library_profile", "unique"]
+__all__ = ["Build", "Ci", "Dev", "EXPECTED", "InstallTrimmed", "Test", "library_profile", "packaging_tools",
+           "unique"]
