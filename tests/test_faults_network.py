@@ -263,7 +263,7 @@ def test_bootstrap_from_an_unreachable_mirror_retries_then_fails_clearly(store, 
 
 
 def test_sigterm_during_the_bootstrap_stops_it_at_once(store, tmp_path):
-    """debootstrap runs through the wrapper's process plumbing: cancelling the build cancels it too."""
+    """mmdebstrap runs through the wrapper's process plumbing: cancelling the build cancels it too."""
     import signal
 
     recipe = _needs_base(tmp_path, "fault-bootstrap-cancel")
@@ -272,7 +272,7 @@ def test_sigterm_during_the_bootstrap_stops_it_at_once(store, tmp_path):
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     logs = store.home / "cache" / "imagefactory" / "logs"
     deadline = time.time() + 60
-    while time.time() < deadline and not any("Retrieving" in p.read_text(errors="replace")
+    while time.time() < deadline and not any("I: running apt-get update" in p.read_text(errors="replace")
                                              for p in logs.rglob("*bootstrap*.log") if p.is_file()):
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.1)
