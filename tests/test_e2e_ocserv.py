@@ -131,19 +131,21 @@ def test_no_docs_man_pages_or_locales_in_any_layer(e2e_store, ocserv, target):
     would still ship their bytes below it): the final tree and every layer's own files are checked."""
     image = f"localhost/{IMAGES[target]}:latest"
     with e2e_store.buildah().mounted_image(image) as root:
-        for folder in ("usr/share/man", "usr/share/info"):
-            assert not [p for p in (root / folder).rglob("*") if p.is_file()], folder
-        docs = [p for p in (root / "usr/share/doc").rglob("*") if p.is_file() and p.name != "copyright"]
-        assert not docs, docs[:10]
-        assert [p.name for p in (root / "usr/share/locale").iterdir()] in ([], ["locale.alias"])
+        assert not doc_files(root), doc_files(root)[:10]
         assert (root / "usr/share/doc/libc6/copyright").is_file(), "copyright files stay (SBOM licenses)"
     layers = layer_trees(e2e_store, image)
-    assert len(layers) > 1, layers
+    assert layers, image  # leaves are squashed into one layer, intermediates keep theirs
     for tree in layers:
-        found = [p for folder in ("usr/share/man", "usr/share/info", "usr/share/doc", "usr/share/locale")
-                 for p in (tree / folder).rglob("*")
-                 if not p.is_dir() and p.name not in ("copyright", "locale.alias")]
-        assert not found, f"layer {tree.parent.name} holds {found[:10]}"
+        assert not doc_files(tree), f"layer {tree.parent.name} holds {doc_files(tree)[:10]}"
+
+
+def doc_files(tree: Path) -> list[Path]:
+    """Regular files under the doc, man, info and locale folders, but copyright files, locale.alias
+    and install-info's index (dpkg keeps the symlinks of excluded paths: they cost no bytes)."""
+    keep = ("copyright", "locale.alias")
+    return [p for folder in ("usr/share/man", "usr/share/info", "usr/share/doc", "usr/share/locale")
+            for p in (tree / folder).rglob("*")
+            if p.is_file() and not p.is_symlink() and p.name not in keep and p != tree / "usr/share/info/dir"]
 
 
 def layer_trees(store, image: str) -> list[Path]:
