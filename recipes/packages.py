@@ -55,7 +55,7 @@ MIN_TOOLCHAIN: tuple[str, ...] = ("gcc", "libc6-dev", "make", "pkgconf")
 
 # Building distribution packages with the platform's own tools: .deb on Debian (dpkg-dev), .rpm
 # and RPM repositories on UBI (rpm / rpm-build on UBI, createrepo-c / createrepo_c on UBI).
-# RPM tooling on Debian (rpm, sequoia, createrepo-c's glib/libmodulemd stack) costs ~70 MB and is
+# RPM tooling on Debian (rpm, sequoia, createrepo-c's glib/libmodulemd stack) costs 28 MB and is
 # installed only when the ``ocserv.packaging.rpm`` setting asks for it (recipes/ocserv.py).
 DEB_PACKAGING: tuple[str, ...] = ("dpkg-dev",)
 RPM_PACKAGING: tuple[str, ...] = ("rpm", "createrepo-c")
