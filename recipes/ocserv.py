@@ -62,17 +62,16 @@ UNUSED_BUILD_FILES = ("/usr/bin/*lto-dump*", "/usr/share/cmake-*/Help")
 # The release build image does not build with sanitizers: their runtimes (~27 MB) go too.
 SANITIZER_RUNTIMES = ("/usr/lib/x86_64-linux-gnu/lib*san.so*", "/usr/lib/gcc/*/*/lib*san*.a",
                       "/usr/lib/gcc/*/*/lib*san*.so", "/usr/lib/gcc/*/*/lib*san_preinit.o")
-# Documentation outside the paths dpkg is told to skip: CMake's offline help (~11 MB, the text of
+# Documentation outside the paths dpkg is told to skip: CMake's offline help (~5 MB, the text of
 # `cmake --help-*`). Dropped in the layer that installs it, so no layer carries it.
 DOCS_DPKG_MISSES = ("/usr/share/cmake-*/Help",)
-# binutils' gprofng profiler (~6 MB): a build image profiles nothing (dev keeps it).
+# binutils' gprofng profiler (~5 MB): a build image profiles nothing (dev keeps it).
 PROFILER_FILES = ("/usr/bin/gprofng*", "/usr/lib/x86_64-linux-gnu/libgprofng.so*",
                   "/usr/lib/x86_64-linux-gnu/gprofng", "/etc/gprofng.rc")
 # What a release build/CI image keeps besides MIN_TOOLCHAIN and the packaging tools: binutils
 # (ar, ld, strip for LTO archives), file, xz/patch for source packages.
 RELEASE_EXTRAS = ("binutils", "file", "patch", "xz-utils")
-# Docs, man pages and translations never reach any layer: the Debian base tells dpkg to skip them
-# (imagefactory.platforms.DPKG_PATH_EXCLUDES); dnf installs with --nodocs.
+# rpm tooling on Debian is opt-in (recipes/packages.py, NATIVE_PACKAGING): a settings value turns it on.
 RPM_SETTING = "ocserv.packaging.rpm"
 _YES, _NO = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 

@@ -15,7 +15,8 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", metavar="IMAGE_OR_TARGET", help="a target name (see `list`) or an image reference/ID")
     p.add_argument("--profile", choices=PROFILES,
                    help="check every file against this profile (default: per file from the build manifest)")
-    p.add_argument("--size", action="store_true", help="also check the image size against the recipe's size_budget_mb on this platform")
+    p.add_argument("--size", action="store_true",
+                   help="also check the image size against the recipe's size_budget_mb on this platform")
     p.add_argument("--prefix", default="/usr/local", help="folder to check (default /usr/local)")
 
 
