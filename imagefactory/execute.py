@@ -144,7 +144,8 @@ class Executor:
             self._load_index()
             self.reporter.start(plan)
             results = {n.name: ImageResult(n.name, n.recipe.target_name(), n.recipe.image_ref(),
-                                           size_budget_mb=n.recipe.size_budget_mb) for n in plan.nodes}
+                                           size_budget_mb=n.recipe.size_budget(plan.platform.name))
+                       for n in plan.nodes}
             self._run_graph(plan, results)
             if self._interrupted:
                 raise KeyboardInterrupt

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, ClassVar
 from .buildah import empty_folder
 from .recipe import CATALOGUE, Recipe, RecipeError
 from .retry import RetryPolicy
-from .steps import HostCall, PrepareContext, RenderContext, Rendered, Run, RunCall, Step, host_action
+from .steps import HostCall, PrepareContext, RenderContext, Rendered, RunCall, Step, host_action
 
 if TYPE_CHECKING:  # pragma: no cover
     from .buildah import Container
@@ -218,21 +218,34 @@ def get_platform(name: str) -> Platform:
 
 
 # --- Debian base images, bootstrapped by us ---------------------------------
-SLIM_DPKG_EXCLUDES = """\
-path-exclude=/usr/share/doc/*
-path-include=/usr/share/doc/*/copyright
-path-exclude=/usr/share/man/*
-path-exclude=/usr/share/info/*
-path-exclude=/usr/share/locale/*
-path-include=/usr/share/locale/locale.alias
-path-exclude=/usr/share/lintian/*
-path-exclude=/usr/share/linda/*
-"""
+# What dpkg never unpacks, in any layer: the bootstrap hands these to mmdebstrap as --dpkgopt, so
+# they apply while it extracts and installs the base (mmtarfilter in the extract phase, dpkg after)
+# and stay in /etc/dpkg/dpkg.cfg.d/99mmdebstrap for every later apt install. Copyright files stay
+# (SBOM licenses), and locale.alias (read by libc).
+DPKG_PATH_EXCLUDES: tuple[str, ...] = (
+    "path-exclude=/usr/share/doc/*",
+    "path-include=/usr/share/doc/*/copyright",
+    "path-exclude=/usr/share/doc-base/*",
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/info/*",
+    "path-exclude=/usr/share/locale/*",
+    "path-include=/usr/share/locale/locale.alias",
+    "path-exclude=/usr/share/lintian/*",
+    "path-exclude=/usr/share/linda/*",
+)
+
+
+def bootstrap_command(rootless: bool) -> list[str]:
+    """mmdebstrap for root and rootless builds alike: it applies dpkg path filters from the first
+    extracted package on (debootstrap unpacks the essential set with plain tar and cannot).
+    Inside a user namespace it cannot mknod, so it skips the device nodes there."""
+    return ["mmdebstrap", "--mode=root", *(["--skip=output/mknod"] if rootless else []),
+            *(f"--dpkgopt={line}" for line in DPKG_PATH_EXCLUDES)]
 
 
 @dataclass
 class Bootstrap(Step):
-    """debootstrap a Debian release into an empty container's root (runs on the host)."""
+    """Bootstrap a Debian release into an empty container's root (runs on the host, mmdebstrap)."""
 
     suite: str
     variant: str = "minbase"
@@ -250,9 +263,7 @@ class Bootstrap(Step):
                 "or configure apt on this host (/etc/apt/sources.list.d/*.sources)")
         from .rootless import in_userns
 
-        # Inside a user namespace (rootless builds) debootstrap cannot mknod; mmdebstrap can skip it.
-        tool = ("mmdebstrap", "--mode=root", "--skip=output/mknod") if in_userns() else ("debootstrap",)
-        return replace(self, mirror=mirror, tool=tool)
+        return replace(self, mirror=mirror, tool=tuple(bootstrap_command(rootless=in_userns())))
 
     def render(self, ctx: RenderContext) -> Rendered:
         if not self.mirror or not self.tool:
@@ -309,7 +320,11 @@ def _tidy_rootfs(root: Path) -> None:
 
 
 class DebianFull(Recipe):
-    """Debian 13 minbase bootstrapped from the configured mirror: the base for dev images."""
+    """Debian 13 minbase bootstrapped from the configured mirror, without docs, man pages or locales.
+
+    dpkg is told before the first package is unpacked (:data:`DPKG_PATH_EXCLUDES`), so no layer of
+    this base or of any image built on it carries them: nothing is deleted later.
+    """
 
     name = "imagefactory-base-debian-full"
     hidden = True
@@ -321,20 +336,17 @@ class DebianFull(Recipe):
 
 
 class DebianSlim(DebianFull):
-    """Debian 13 without docs, man pages, locales or apt lists, and dpkg told to keep it so."""
+    """Debian 13 minbase without docs, man pages or locales: the full base itself (nothing to strip).
+
+    On ``ubi9`` the two variants are different images (ubi, ubi-minimal); on Debian the full base
+    is already minimal, so slim adds no step and shares its bootstrap layer.
+    """
 
     name = "imagefactory-base-debian-slim"
     variant = "slim"
 
     def steps(self):
-        yield Run(
-            "mkdir -p /etc/dpkg/dpkg.cfg.d\n"
-            f"cat > /etc/dpkg/dpkg.cfg.d/imagefactory-slim <<'EOF'\n{SLIM_DPKG_EXCLUDES}EOF\n"
-            "find /usr/share/doc -mindepth 1 -not -name copyright -not -type d -delete\n"
-            "find /usr/share/doc -mindepth 1 -type d -empty -delete\n"
-            "rm -rf /usr/share/man/* /usr/share/info/* /usr/share/lintian /var/lib/apt/lists/*\n"
-            "find /usr/share/locale -mindepth 1 -maxdepth 1 -not -name locale.alias -exec rm -rf {} +",
-            title="strip docs, man pages, locales; keep them out of later installs")
+        return ()
 
 
 class Ubi9(Recipe):

@@ -63,7 +63,8 @@ class Recipe:
                       or per platform, ``{"debian": "slim", "ubi9": "registry/image:tag"}``
       version         image tag and org.opencontainers.image.version
       squash          squash the final image; default: squash leaf images only
-      size_budget_mb  ``verify --size`` fails above it; ``build`` reports against it
+      size_budget_mb  ``verify --size`` fails above it; ``build`` reports against it; one number
+                      for every platform, or per platform ``{"debian": 260, "ubi9": 200}``
       stages          ``{"builder": BuilderRecipe}`` for multi-stage recipes
       runtime         :class:`Runtime` settings for quadlet/shell
       labels          extra OCI labels
@@ -76,7 +77,7 @@ class Recipe:
     base: ClassVar[str | dict[str, str] | None] = None
     version: ClassVar[str] = "latest"
     squash: ClassVar[bool | None] = None
-    size_budget_mb: ClassVar[float | None] = None
+    size_budget_mb: ClassVar[float | dict[str, float] | None] = None
     stages: ClassVar[dict[str, type[Recipe]]] = {}
     runtime: ClassVar[Runtime | None] = None
     labels: ClassVar[dict[str, str]] = {}
@@ -126,6 +127,13 @@ class Recipe:
             if klass.__dict__.get("parent") is not None:
                 return klass.__dict__["parent"]
         return None
+
+    @classmethod
+    def size_budget(cls, platform: str) -> float | None:
+        """The budget on PLATFORM: a plain number applies everywhere, a dict names each platform's
+        own (a platform it does not name has no budget)."""
+        budget = cls.size_budget_mb
+        return budget.get(platform) if isinstance(budget, dict) else budget
 
     @classmethod
     def image_ref(cls) -> str:

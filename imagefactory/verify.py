@@ -600,16 +600,25 @@ def verify_file(
     return FileResult(rel, kind, profile, {r.name: r for r in results})
 
 
-def check_size(size_bytes: int, budget_mb: float | None) -> CheckResult:
-    """Image size against a budget in MB (10^6 bytes, as podman/buildah print it)."""
+def check_size(size_bytes: int, budget_mb: float | None, image: str = "the image",
+               platform: str | None = None) -> CheckResult:
+    """Image size against a budget in MB (10^6 bytes, as podman/buildah print it).
+
+    The failure names the image, its size and the budget, so a CI log line says it all.
+    """
     if size_bytes < 0:
         raise ValueError(f"size must not be negative, got {size_bytes}")
     size_mb = size_bytes / 1_000_000
     if budget_mb is None:
-        return CheckResult("size", Status.INFO, f"{size_mb:.1f} MB (no budget)")
+        return CheckResult("size", Status.INFO, f"{image} is {size_mb:.1f} MB (no budget)")
+    on = f" on {platform}" if platform else ""
     if size_mb > budget_mb:
-        return CheckResult("size", Status.FAIL, f"{size_mb:.1f} MB exceeds the budget of {budget_mb:g} MB")
-    return CheckResult("size", Status.PASS, f"{size_mb:.1f} MB within the budget of {budget_mb:g} MB")
+        return CheckResult("size", Status.FAIL,
+                           f"{image} is {size_mb:.1f} MB, over its size budget of {budget_mb:g} MB{on} "
+                           f"by {size_mb - budget_mb:.1f} MB; make the image smaller or raise the "
+                           "recipe's size_budget_mb")
+    return CheckResult("size", Status.PASS, f"{image} is {size_mb:.1f} MB, within its size budget of "
+                                            f"{budget_mb:g} MB{on}")
 
 
 _SYMBOLS = {

@@ -53,11 +53,16 @@ TEST_TOOLS: tuple[str, ...] = (
 # The smallest C toolchain a build/CI image needs: a C compiler, libc headers, make, pkg-config.
 MIN_TOOLCHAIN: tuple[str, ...] = ("gcc", "libc6-dev", "make", "pkgconf")
 
-# Building distribution packages: .deb (dpkg-dev), .rpm (rpm / rpm-build on UBI) and
-# RPM repositories (createrepo-c / createrepo_c on UBI).
-PACKAGING: tuple[str, ...] = ("dpkg-dev", "rpm", "createrepo-c")
+# Building distribution packages with the platform's own tools: .deb on Debian (dpkg-dev), .rpm
+# and RPM repositories on UBI (rpm / rpm-build on UBI, createrepo-c / createrepo_c on UBI).
+# RPM tooling on Debian (rpm, sequoia, createrepo-c's glib/libmodulemd stack) costs 28 MB and is
+# installed only when the ``ocserv.packaging.rpm`` setting asks for it (recipes/ocserv.py).
+DEB_PACKAGING: tuple[str, ...] = ("dpkg-dev",)
+RPM_PACKAGING: tuple[str, ...] = ("rpm", "createrepo-c")
+NATIVE_PACKAGING: dict[str, tuple[str, ...]] = {"debian": DEB_PACKAGING, "ubi9": RPM_PACKAGING}
 
 ALL_GROUPS: dict[str, tuple[str, ...]] = {
     "TOOLCHAIN": TOOLCHAIN, "DEBUG_TOOLS": DEBUG_TOOLS, "OCSERV_BUILD_DEPS": OCSERV_BUILD_DEPS,
-    "TEST_TOOLS": TEST_TOOLS, "MIN_TOOLCHAIN": MIN_TOOLCHAIN, "PACKAGING": PACKAGING,
+    "TEST_TOOLS": TEST_TOOLS, "MIN_TOOLCHAIN": MIN_TOOLCHAIN, "DEB_PACKAGING": DEB_PACKAGING,
+    "RPM_PACKAGING": RPM_PACKAGING,
 }

@@ -129,7 +129,7 @@ def test_doctor_reports_each_check(project, tmp_path):
                      check=False)
     checks = {c["name"]: c for c in json.loads((tmp_path / "d.json").read_text())["checks"]}
     assert checks["buildah"]["ok"] and checks["storage"]["ok"] and checks["isolation"]["ok"]
-    assert {"debian mirror", "cosign", "debootstrap"} <= set(checks)
+    assert {"debian mirror", "cosign", "mmdebstrap"} <= set(checks)
     assert proc.returncode == 0
     assert "ran `true`" in checks["isolation"]["detail"], "isolation is proven by running a command"
     broken = store.cli("doctor", "--config", str(cfg), "--isolation", "nonsense", check=False)

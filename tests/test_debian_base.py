@@ -40,7 +40,11 @@ def test_slim_base_bootstraps_and_apt_works(e2e_store, tmp_path):
         assert "13" in (root / "etc/debian_version").read_text() or "trixie" in (root / "etc/os-release").read_text()
         assert not any((root / "usr/share/man").iterdir()), "slim drops man pages"
         assert not list((root / "var/lib/apt/lists").glob("*_Packages")), "slim drops apt lists"
-        assert (root / "etc/dpkg/dpkg.cfg.d/imagefactory-slim").is_file()
+        dpkg_cfg = (root / "etc/dpkg/dpkg.cfg.d/99mmdebstrap").read_text()
+        assert "path-exclude=/usr/share/doc/*" in dpkg_cfg and "path-include=/usr/share/doc/*/copyright" in dpkg_cfg
+        assert not [p for p in (root / "usr/share/doc").rglob("*") if p.is_file() and p.name != "copyright"], \
+            "the bootstrap unpacked no docs (nothing to strip later)"
+        assert (root / "usr/share/doc/dpkg/copyright").is_file()
     with bd.mounted_image(AptProbe.image_ref()) as root:
         assert "Hello, world!" in (root / "hello.out").read_text()
         assert not (root / "usr/share/doc/hello/changelog.Debian.gz").exists(), "dpkg excludes docs in slim"

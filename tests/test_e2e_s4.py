@@ -100,7 +100,7 @@ def test_size_within_budget(s4_build, e2e_store):
     rep = Path(e2e_store.home) / "verify-s4.json"
     e2e_store.cli("verify", "s4", "--size", "--prefix", "/opt/app-root", "--report", str(rep))
     text = rep.read_text()
-    assert "within the budget of 800 MB" in text, text
+    assert "localhost/s4:latest is " in text and "within its size budget of 800 MB on debian" in text, text
 
 
 def _ceph_conf(text: str) -> dict[str, dict[str, str]]:

@@ -270,7 +270,7 @@ def test_bootstrap_from_an_unreachable_mirror_retries_then_fails_clearly(store, 
 
 @pytest.mark.buildah
 def test_sigterm_during_the_bootstrap_stops_it_at_once(store, tmp_path):
-    """debootstrap runs through the wrapper's process plumbing: cancelling the build cancels it too."""
+    """mmdebstrap runs through the wrapper's process plumbing: cancelling the build cancels it too."""
     import signal
 
     recipe = _needs_base(tmp_path, "fault-bootstrap-cancel")
@@ -278,8 +278,8 @@ def test_sigterm_during_the_bootstrap_stops_it_at_once(store, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "imagefactory", "build", "fault-bootstrap-cancel", *store.args()],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # the bootstrap must be downloading when the signal comes, or the test proves nothing
-    wait_for_text_in_logs(store.home / "cache" / "imagefactory" / "logs", "Retrieving", proc, timeout=120,
-                          pattern="*bootstrap*.log")
+    wait_for_text_in_logs(store.home / "cache" / "imagefactory" / "logs", "I: running apt-get update", proc,
+                          timeout=120, pattern="*bootstrap*.log")
     proc.send_signal(signal.SIGTERM)
     t0 = time.monotonic()
     _, err = proc.communicate(timeout=60)

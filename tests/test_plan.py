@@ -209,6 +209,32 @@ def test_package_names_are_mapped_in_one_place():
     assert deb.map_packages(("libpam0g-dev",)) == ["libpam0g-dev"]
 
 
+def test_bootstrap_tells_dpkg_to_skip_docs_from_the_first_package():
+    from fnmatch import fnmatch
+
+    from imagefactory.platforms import DPKG_PATH_EXCLUDES, bootstrap_command
+
+    root, rootless = bootstrap_command(rootless=False), bootstrap_command(rootless=True)
+    assert root[:2] == rootless[:2] == ["mmdebstrap", "--mode=root"]
+    assert "--skip=output/mknod" in rootless and "--skip=output/mknod" not in root
+    assert [a for a in root if a.startswith("--dpkgopt=")] == [f"--dpkgopt={r}" for r in DPKG_PATH_EXCLUDES]
+
+    def kept(path: str) -> bool:  # dpkg's rule: the last matching filter wins (fnmatch, * spans /)
+        verdict = True
+        for rule in DPKG_PATH_EXCLUDES:
+            kind, pattern = rule.split("=", 1)
+            if fnmatch(path, pattern):
+                verdict = kind == "path-include"
+        return verdict
+
+    for path in ("/usr/share/doc/gcc-14/changelog.gz", "/usr/share/man/man1/ls.1.gz",
+                 "/usr/share/locale/de/LC_MESSAGES/gcc.mo", "/usr/share/info/gdb.info.gz"):
+        assert not kept(path), path
+    for path in ("/usr/share/doc/libc6/copyright", "/usr/share/locale/locale.alias", "/usr/bin/ls",
+                 "/usr/share/perl/5.40/unicore/Name.pl"):
+        assert kept(path), path
+
+
 def test_install_commands_per_platform_and_variant():
     deb = get_platform("debian").install_calls(["b", "a"], variant="slim")[0]
     script = deb.argv[-1]

@@ -340,9 +340,28 @@ def test_profile_required_when_manifest_is_ambiguous(make_root):
 
 def test_check_size():
     assert check_size(50_000_000, 60).status == Status.PASS
-    over = check_size(70_000_000, 60)
-    assert over.status == Status.FAIL and "70.0 MB" in over.detail
+    assert check_size(60_000_000, 60).status == Status.PASS  # the budget itself fits
+    over = check_size(70_000_000, 60, image="localhost/app:latest", platform="debian")
+    assert over.status == Status.FAIL
+    assert over.detail.startswith("localhost/app:latest is 70.0 MB, over its size budget of 60 MB on debian "
+                                  "by 10.0 MB")
     assert check_size(70_000_000, None).status == Status.INFO
+    with pytest.raises(ValueError):
+        check_size(-1, 60)
+
+
+def test_size_budget_per_platform():
+    from imagefactory.recipe import Recipe
+
+    class Plain(Recipe):
+        size_budget_mb = 300
+
+    class PerPlatform(Recipe):
+        size_budget_mb = {"debian": 260, "ubi9": 200}
+
+    assert Plain.size_budget("debian") == Plain.size_budget("ubi9") == 300
+    assert (PerPlatform.size_budget("debian"), PerPlatform.size_budget("ubi9")) == (260, 200)
+    assert PerPlatform.size_budget("other") is None and Recipe.size_budget("debian") is None
 
 
 def test_print_report_and_to_dict(make_root):
@@ -353,7 +372,7 @@ def test_print_report_and_to_dict(make_root):
     text = console.export_text()
     assert "✗" in text and "FAILED" in text
     assert f"{APP}: pie: ET_EXEC" in text
-    assert "(image): size: 90.0 MB exceeds" in text
+    assert "(image): size: the image is 90.0 MB, over its size budget of 60 MB" in text
     data = json.loads(json.dumps(report.to_dict()))
     assert data["ok"] is False
     assert data["files"][0]["checks"]["pie"]["status"] == "fail"

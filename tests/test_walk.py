@@ -121,7 +121,7 @@ def _settings(tmp_path: Path, **kw):
 
 def test_render_and_walk_need_no_network_no_host_tools_no_buildah(tmp_path, monkeypatch):
     """After prepare (fetch + verify sources, patch checks, digests), planning the shipped family works
-    with PATH emptied (no patch, git, buildah, debootstrap) and sockets refused."""
+    with PATH emptied (no patch, git, buildah, mmdebstrap) and sockets refused."""
     from imagefactory.loader import load_recipes
 
     load_recipes()

@@ -280,8 +280,8 @@ def doctor_checks(settings: Settings, image: str | None = None) -> list[tuple[st
     mirror = settings.debian_mirror or host_debian_mirror()
     out.append(("debian mirror", bool(mirror), mirror or "none",
                 "set debian_mirror in imagefactory.yaml or IMAGEFACTORY_DEBIAN_MIRROR"))
-    out.append(("debootstrap", bool(shutil.which("debootstrap")), shutil.which("debootstrap") or "not found",
-                "apt-get install debootstrap"))
+    out.append(("mmdebstrap", bool(shutil.which("mmdebstrap")), shutil.which("mmdebstrap") or "not found",
+                "apt-get install mmdebstrap (bootstraps the Debian base)"))
     cosign = shutil.which("cosign")
     out.append(("cosign", bool(cosign), cosign or "not found", "run ci/setup (installs cosign from trixie)"))
     from ..locks import StoreLocks

@@ -15,7 +15,8 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", metavar="IMAGE_OR_TARGET", help="a target name (see `list`) or an image reference/ID")
     p.add_argument("--profile", choices=PROFILES,
                    help="check every file against this profile (default: per file from the build manifest)")
-    p.add_argument("--size", action="store_true", help="also check the image size against the recipe's size_budget_mb")
+    p.add_argument("--size", action="store_true",
+                   help="also check the image size against the recipe's size_budget_mb on this platform")
     p.add_argument("--prefix", default="/usr/local", help="folder to check (default /usr/local)")
 
 
@@ -45,8 +46,8 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_FAIL
     if args.size:
         size = _image_size(bd, ref)
-        budget = recipe.size_budget_mb if recipe is not None else None
-        report.image_checks.append(check_size(size, budget))
+        budget = recipe.size_budget(settings.platform) if recipe is not None else None
+        report.image_checks.append(check_size(size, budget, image=ref, platform=settings.platform))
     print_report(report, console)
     data = report.to_dict()
     data["image"] = ref
