@@ -245,3 +245,26 @@ def test_prune_deletes_unreachable_entries_and_reports_refusal(source, tmp_path)
         assert f"registry {reg.host}/team/cache refuses deletes" in result.refused
         assert "storage.delete.enabled" in result.refused
 
+
+
+def test_cli_config_and_environment_set_the_registry_cache(tmp_path, monkeypatch):
+    from imagefactory import cli, config
+
+    monkeypatch.chdir(tmp_path)
+    args = cli.parser().parse_args(["build", "ci", "--cache-from", "reg.example/a", "--cache-from", "reg.example/b",
+                                    "--cache-to", "reg.example/a", "--cache-required", "--tls-verify=false",
+                                    "--authfile", "auth.json"])
+    s = cli.settings_from(args)
+    assert s.cache_from == ["reg.example/a", "reg.example/b"] and s.cache_to == "reg.example/a"
+    assert s.cache_required is True and s.tls_verify is False and s.authfile == str(tmp_path / "auth.json")
+    cache = RegistryCache.from_settings(s)
+    assert cache.from_repos == ["reg.example/a", "reg.example/b"] and cache.required
+    (tmp_path / "imagefactory.yaml").write_text("cache_from: [reg.example/team/cache]\ncache_to: reg.example/team/cache\n")
+    s = config.load(env={"IMAGEFACTORY_CACHE_REQUIRED": "yes", "IMAGEFACTORY_TLS_VERIFY": "false"})
+    assert (s.cache_from, s.cache_to, s.cache_required, s.tls_verify) == (
+        ["reg.example/team/cache"], "reg.example/team/cache", True, False)
+    s = config.load(env={"IMAGEFACTORY_CACHE_FROM": "r.example/x r.example/y"})
+    assert s.cache_from == ["r.example/x", "r.example/y"]
+    assert RegistryCache.from_settings(config.load(str(tmp_path / "imagefactory.yaml"), env={})) is not None
+    (tmp_path / "imagefactory.yaml").unlink()
+    assert RegistryCache.from_settings(config.load(env={})) is None
