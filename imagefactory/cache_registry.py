@@ -58,11 +58,11 @@ class RegistryCacheError(RuntimeError):
     """A cache registry failed in a way the user must fix (or that ``--cache-required`` forbids)."""
 
 
-class _Missing(Exception):
+class NotInRegistry(Exception):  # noqa: N818 - an answer, not a failure
     """The registry answered: no such tag."""
 
 
-class _Transient(Exception):
+class RegistryUnavailable(Exception):
     """Worth another try: connection refused or reset, timeout, HTTP 5xx/429."""
 
 
@@ -121,14 +121,24 @@ class Skopeo:
         self.binary = binary
 
     def __call__(self, command: str, *args: str) -> bytes:
-        argv = [self.binary, "--command-timeout", f"{int(self.timeout)}s", command,
-                f"--tls-verify={'true' if self.tls_verify else 'false'}",
-                *(["--authfile", self.authfile] if self.authfile else []), *args]
+        """``skopeo COMMAND`` (inspect, list-tags, delete) against one registry."""
+        return self.run(command, f"--tls-verify={'true' if self.tls_verify else 'false'}",
+                        *(["--authfile", self.authfile] if self.authfile else []), *args)
+
+    def copy(self, source: str, destination: str) -> bytes:
+        """Copy between registries keeping the manifest bytes, so the digest stays the same."""
+        tls = "true" if self.tls_verify else "false"
+        return self.run("copy", "--all", "--preserve-digests", "--retry-times", "2", f"--src-tls-verify={tls}",
+                        f"--dest-tls-verify={tls}", *(["--authfile", self.authfile] if self.authfile else []),
+                        source, destination)
+
+    def run(self, command: str, *args: str) -> bytes:
+        argv = [self.binary, "--command-timeout", f"{int(self.timeout)}s", command, *args]
         try:
             proc = subprocess.run(argv, capture_output=True, timeout=self.timeout + 5, stdin=subprocess.DEVNULL,
                                   preexec_fn=die_with_parent)
         except subprocess.TimeoutExpired:
-            raise _Transient(f"no answer within {self.timeout:.0f}s") from None
+            raise RegistryUnavailable(f"no answer within {self.timeout:.0f}s") from None
         except FileNotFoundError:
             raise RegistryCacheError("skopeo is not installed: run ci/setup (apt-get install skopeo)") from None
         if proc.returncode == 0:
@@ -137,9 +147,9 @@ class Skopeo:
         last = text.splitlines()[-1] if text else f"skopeo exited {proc.returncode}"
         last = re.sub(r'^time="[^"]*" level=\w+ msg="(.*)"$', r"\1", last)
         if _MISSING.search(text) and not _AUTH.search(text):
-            raise _Missing(last)
+            raise NotInRegistry(last)
         if "context deadline exceeded" in text or transient_text(text):
-            raise _Transient(last)
+            raise RegistryUnavailable(last)
         raise RegistryCacheError(last)
 
 
@@ -184,9 +194,9 @@ class RegistryCache:
                 continue
             try:
                 raw = self._request(repo, "inspect", "--raw", f"docker://{repo}:{key}")
-            except _Missing:
+            except NotInRegistry:
                 continue
-            except (_Transient, RegistryCacheError) as exc:
+            except (RegistryUnavailable, RegistryCacheError) as exc:
                 self._registry_failed(repo, exc)
                 continue
             entry = self._entry(repo, key, raw)
@@ -283,9 +293,9 @@ class RegistryCache:
         result = PruneResult(target)
         try:
             tags = json.loads(self._request(target, "list-tags", f"docker://{target}")).get("Tags") or []
-        except _Missing:
+        except NotInRegistry:
             return result
-        except (_Transient, RegistryCacheError) as exc:
+        except (RegistryUnavailable, RegistryCacheError) as exc:
             raise RegistryCacheError(f"cache registry {target}: {exc}{_fix(target, str(exc))}") from None
         for tag in sorted(tags):
             if not _HEX64.fullmatch(tag) or tag in keep:
@@ -301,7 +311,7 @@ class RegistryCache:
                                       "retention policy")
                     break
                 result.failed.append(f"{tag}: {exc}")
-            except (_Missing, _Transient) as exc:
+            except (NotInRegistry, RegistryUnavailable) as exc:
                 result.failed.append(f"{tag}: {exc}")
         return result
 
@@ -313,15 +323,15 @@ class RegistryCache:
 
     # -- plumbing -----------------------------------------------------------------
     def _request(self, repo: str, command: str, *args: str) -> bytes:
-        return self.retry.retrying(lambda e: isinstance(e, _Transient))(self.skopeo, command, *args)
+        return self.retry.retrying(lambda e: isinstance(e, RegistryUnavailable))(self.skopeo, command, *args)
 
     def _diagnose(self, repo: str, key: str) -> str | None:
         """Why a registry failed, asked directly (buildah's push error text can be empty)."""
         try:
             self.skopeo("inspect", "--raw", f"docker://{repo}:{key}")
-        except _Missing:
+        except NotInRegistry:
             return None
-        except _Transient as exc:
+        except RegistryUnavailable as exc:
             return f"unreachable ({exc})"
         except RegistryCacheError as exc:
             return str(exc)
@@ -329,7 +339,7 @@ class RegistryCache:
 
     def _registry_failed(self, repo: str, exc: Exception) -> None:
         reason = str(exc)
-        if isinstance(exc, _Transient):
+        if isinstance(exc, RegistryUnavailable):
             reason = f"unreachable after {self.retry.attempts} attempts ({reason})"
         with self._lock:
             first = repo not in self._down
@@ -363,5 +373,6 @@ def _fix(repo: str, text: str) -> str:
     return ""
 
 
-__all__ = ["RegistryCache", "RegistryCacheError", "RemoteEntry", "PruneResult", "repository", "KEY_ANNOTATION",
+
+__all__ = ["Skopeo", "NotInRegistry", "RegistryUnavailable", "RegistryCache", "RegistryCacheError", "RemoteEntry", "PruneResult", "repository", "KEY_ANNOTATION",
            "IMAGE_ID_ANNOTATION"]
