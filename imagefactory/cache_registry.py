@@ -35,6 +35,8 @@ from ._process import die_with_parent
 from .buildah import BuildahError, transient_text
 from .retry import RetryPolicy
 
+from .walk import Found, cache_ref
+
 if TYPE_CHECKING:  # pragma: no cover
     from .buildah import Buildah
     from .config import Settings
@@ -354,6 +356,45 @@ class RegistryCache:
         self.warn(message)
 
 
+class RegistryProvider:
+    """The registry cache as a :class:`~imagefactory.walk.Provider` for the one cache walk.
+
+    ``find`` is a lookup (one manifest request, no pull), so `plan` can show where each step would
+    come from. The executor pulls only what it needs: ``fetch`` for the last hit a later miss builds
+    on or for a target's final image, ``fetch_image`` for an image a child or a ``CopyFrom`` needs
+    that was found here but not pulled. Pulled entries are tagged as local cache entries.
+    """
+
+    where = "registry"
+
+    def __init__(self, cache: RegistryCache):
+        self.cache = cache
+        self._entries: dict[str, RemoteEntry] = {}  # image ID -> the entry it was found as
+        self._lock = threading.Lock()
+
+    def find(self, key: str) -> Found | None:
+        if not self.cache.from_repos:
+            return None
+        entry = self.cache.lookup(key)
+        if entry is None:
+            return None
+        with self._lock:
+            self._entries.setdefault(entry.image_id, entry)
+        return Found(entry.image_id, self.where, entry.ref)
+
+    def fetch(self, found: Found, buildah: Buildah, log=None) -> str:
+        return self.fetch_image(found.image_id, buildah)
+
+    def fetch_image(self, image_id: str, buildah: Buildah) -> str:
+        """Pull the entry holding ``image_id``; returns the ID (checked against the entry's label)."""
+        with self._lock:
+            entry = self._entries.get(image_id)
+        if entry is None:
+            raise RegistryCacheError(f"image {image_id[:12]} is neither in the store nor a registry cache entry "
+                                     "found in this run")
+        return self.cache.pull(entry, buildah, cache_ref(entry.key))
+
+
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else "failed"
@@ -374,5 +415,5 @@ def _fix(repo: str, text: str) -> str:
 
 
 
-__all__ = ["Skopeo", "NotInRegistry", "RegistryUnavailable", "RegistryCache", "RegistryCacheError", "RemoteEntry", "PruneResult", "repository", "KEY_ANNOTATION",
+__all__ = ["RegistryProvider", "Skopeo", "NotInRegistry", "RegistryUnavailable", "RegistryCache", "RegistryCacheError", "RemoteEntry", "PruneResult", "repository", "KEY_ANNOTATION",
            "IMAGE_ID_ANNOTATION"]

@@ -20,6 +20,7 @@ from rich.table import Table
 from . import config as config_mod
 from . import rootless
 from .buildah import Buildah, BuildahError, Cancelled
+from .cache_registry import RegistryCacheError
 from .config import ConfigError, Settings
 from .recipe import RecipeError
 from .loader import load_recipes
@@ -131,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, Cancelled):
         err_console.print("[yellow]interrupted; working containers removed[/]")
         code = EXIT_INTERRUPTED
+    except RegistryCacheError as exc:
+        err_console.print(f"[bold red]registry cache:[/] {exc}", highlight=False, markup=False)
+        code = EXIT_FAIL
     except BuildahError as exc:
         err_console.print(f"[bold red]buildah failed[/] (exit {exc.exit_code}): {' '.join(exc.command)}",
                           highlight=False)

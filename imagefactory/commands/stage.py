@@ -23,7 +23,7 @@ from ..buildah import BuildahError
 from ..cache_registry import NotInRegistry, RegistryCacheError, RegistryUnavailable, Skopeo
 from ..cli import EXIT_FAIL, EXIT_OK, buildah_for, command, console, err_console
 from ..config import Settings
-from ..recipe import REGISTRY
+from ..recipe import CATALOGUE
 from ..registry import new_record, normalize_registry, record_push, remote_ref
 
 
@@ -74,7 +74,7 @@ def cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
     args._report_data = {"fetched": done}
     try:
         for target in args.targets:
-            cls = REGISTRY.get(target)
+            cls = CATALOGUE.get(target)
             item = staged(args.digests, cls.target_name())
             source = f"{_repository(item['ref'])}@{item['digest']}"
             try:
@@ -103,7 +103,7 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
     args._report_data = {"promoted": done, "pushed": done}
     try:
         for target in args.targets:
-            cls = REGISTRY.get(target)
+            cls = CATALOGUE.get(target)
             item = staged(args.digests, cls.target_name())
             source = f"{_repository(item['ref'])}@{item['digest']}"
             dest = remote_ref(registry, cls.name, cls.version)
