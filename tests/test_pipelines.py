@@ -292,14 +292,15 @@ def test_gitlab_structure():
     jobs = gitlab_jobs()
     for name, job in jobs.items():
         assert "before_script" not in job, f"{name} replaces the ci/setup before_script"
-        after = job.get("after_script", data["default"].get("after_script", []))
-        assert "ci/drop-store" in after, f"{name} leaves its store to the next job on the runner"
+        first = job["script"][0]
+        assert first.startswith("trap ") and "ci/drop-store" in first and first.endswith(" EXIT"), \
+            f"{name} leaves its store (or keys) to the next job on the runner"
     assert len(jobs["build"]["parallel"]["matrix"]) >= 3, "chains build in parallel jobs"
     assert set(jobs["publish"]["needs"]) == {"build", "verify", "sbom"}, "publish needs the staged digests"
     assert "sboms/" in jobs["sbom"]["artifacts"]["paths"]
     assert all("reports/" in (job.get("artifacts") or data["default"]["artifacts"])["paths"] for job in jobs.values())
     for name in ("build", "verify", "sbom", "publish"):
-        assert jobs[name]["script"][0].startswith("if ! ci/chain-selected"), f"{name}: PIPELINE_CHAINS not honoured"
+        assert jobs[name]["script"][1].startswith("if ! ci/chain-selected"), f"{name}: PIPELINE_CHAINS not honoured"
 
 
 # --- linters: zizmor (GitHub Actions security), the vendors' JSON schemas ------------------------------
