@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import config as config_mod
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print("[yellow]interrupted; working containers removed[/]")
         code = EXIT_INTERRUPTED
     except RegistryCacheError as exc:
-        err_console.print(f"[bold red]registry cache:[/] {exc}", highlight=False, markup=False)
+        err_console.print(f"[bold red]registry cache:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         code = EXIT_FAIL
     except BuildahError as exc:
         err_console.print(f"[bold red]buildah failed[/] (exit {exc.exit_code}): {' '.join(exc.command)}",

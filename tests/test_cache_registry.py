@@ -268,3 +268,19 @@ def test_cli_config_and_environment_set_the_registry_cache(tmp_path, monkeypatch
     assert RegistryCache.from_settings(config.load(str(tmp_path / "imagefactory.yaml"), env={})) is not None
     (tmp_path / "imagefactory.yaml").unlink()
     assert RegistryCache.from_settings(config.load(env={})) is None
+
+
+def test_cli_names_a_bad_cache_reference_in_one_line(tmp_path):
+    import os
+    import sys
+
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "-m", "imagefactory", "build", "ci", "--cache-from",
+                           "registry.example.com/cache:latest", "--root", str(tmp_path / "root"),
+                           "--runroot", str(tmp_path / "run")], capture_output=True, text=True, env=env,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "--cache-from 'registry.example.com/cache:latest' is not a repository" in lines[0]
+    assert "drop the tag" in lines[0]

@@ -219,12 +219,13 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_build(targets: list[str], settings: Settings, verbose: bool = False) -> tuple[dict, int]:
+    warnings: list[str] = []
+    # checked before planning: a cache reference that is not a repository fails at once
+    cache = registry_cache(settings, lambda m: (warnings.append(m), reporter.note(f"warning: {m}")))
     plan = build_plan(targets, settings, progress=_progress_line)
     reporter = RichReporter(err_console, verbose=verbose)
     bd = buildah_for(settings)
     executor = Executor(settings, bd, reporter)
-    warnings: list[str] = []
-    cache = registry_cache(settings, lambda m: (warnings.append(m), reporter.note(f"warning: {m}")))
     if cache is not None:
         executor.remote = RegistryProvider(cache)
         if cache.to_repo:
