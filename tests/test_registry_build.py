@@ -114,6 +114,14 @@ def test_fresh_store_builds_nothing_and_keys_chain_as_locally(two_stores, tmp_pa
         assert sum(img["misses"] for img in remote["images"]) == sum(img["misses"] for img in local["images"])
         assert remote["images"][0]["image_id"] == local["images"][0]["image_id"]
 
+        # the old child's entries are no longer reached by any recipe: prune deletes them, and only them
+        pruned = tmp_path / "prune.json"
+        env = built.env(IMAGEFACTORY_RECIPE_PATHS=str(recipe), SOURCE_DATE_EPOCH=SDE)
+        built.cli("cache", "prune", "--registry", repo, "--keep", "reg-child", "--tls-verify=false",
+                  "--report", str(pruned), env=env)
+        old_child = {s["key"] for img in first["images"] if img["name"] == "reg-child" for s in img["steps"]}
+        assert set(json.loads(pruned.read_text())["registry"]["deleted"]) == old_child
+
 
 def test_registry_down_falls_back_to_building_or_fails_when_required(two_stores, tmp_path):
     store = two_stores[0]
