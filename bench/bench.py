@@ -19,6 +19,10 @@ Measurements (``--only``, comma separated; default: all):
   family-cold  imagefactory only: cold dev+test+build+ci with ``--jobs 2`` vs the sum of each target
                built alone with ``--jobs 1`` in its own cold store (long: many minutes each)
   family       both family measurements
+  registry-cache  the shared step cache of CI runners, through one local docker-registry: a cold
+               ``build`` with ``--cache-to`` (imagefactory; ``buildah bud --layers --cache-to`` on the
+               Containerfile), compared with the cold build without it, then a fresh store holding
+               only the base building from the registry (``--cache-from``), both tools
 
 Everything runs in a temporary copy of the repository and in private storage roots under
 ``--workdir`` (default: the system temporary folder, e.g. set TMPDIR); all of it is removed at
@@ -47,7 +51,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-MEASUREMENTS = ("cold-build", "noop", "patch", "flag", "quick-validate", "family-noop", "family-cold")
+MEASUREMENTS = ("cold-build", "noop", "patch", "flag", "quick-validate", "family-noop", "family-cold",
+                "registry-cache")
 ALIASES = {"family": ("family-noop", "family-cold"), "all": MEASUREMENTS, "sizes": ("cold-build",)}
 SLIM = "imagefactory-base-debian-slim"
 SLIM_REF = f"localhost/{SLIM}:latest"
@@ -209,11 +214,11 @@ class Bench:
         res = {"seconds": round(seconds, 2), "load": [load, round(os.getloadavg()[0], 2)],
                "engine_seconds": report.get("seconds"),
                "containers_started": report.get("containers_started"), "commits": report.get("commits"),
-               "buildah_calls": calls, "images": images}
+               "buildah_calls": calls, "images": images, "registry_cache": report.get("registry_cache")}
         log(f"  → {seconds:.1f}s, {res['commits']} commits, {res['containers_started']} containers")
         return res
 
-    def containerfile(self, store: Store, target: str, *, label: str) -> dict:
+    def containerfile(self, store: Store, target: str, *, label: str, extra: tuple[str, ...] = ()) -> dict:
         ctx = self.work / "contexts" / f"{target}-{uuid.uuid4().hex[:6]}"
         gen = subprocess.run([sys.executable, str(self.copy / "bench" / "containerfile.py"), target, str(ctx),
                               "--created", str(self.created)], cwd=self.copy, env=self.env,
@@ -223,8 +228,8 @@ class Bench:
         text = (ctx / "Containerfile").read_text()
         self.results.setdefault("containerfiles", {})[target] = self.sanitize(text)
         ref = f"localhost/bench-{target}:latest"
-        cmd = ["buildah", *store.args(), "bud", "--layers", "--isolation", "chroot", "-f", str(ctx / "Containerfile"),
-               "-t", ref, str(ctx)]
+        cmd = ["buildah", *store.args(), "bud", "--layers", "--isolation", "chroot", *extra, "-f",
+               str(ctx / "Containerfile"), "-t", ref, str(ctx)]
         log(f"buildah bud --layers --isolation chroot ({target} Containerfile)  [{label}]")
         load = self.wait_for_quiet()
         res = run_timed(cmd, self.work / "runs" / f"{label}-{uuid.uuid4().hex[:6]}.log", self.env)
@@ -328,10 +333,57 @@ class Bench:
         if "quick-validate" in wanted:
             m["quick-validate"] = self.quick_validate(seed)
             self.checkpoint()
+        if "registry-cache" in wanted:
+            m["registry-cache"] = self.registry_cache(seed, target, m.get("cold-build"))
+            self.checkpoint()
         if "family-cold" in wanted or "family-noop" in wanted:
             self.family(seed, wanted, m)
         self.drop(seed)
         return self.results
+
+    def registry_cache(self, seed: Store, target: str, cold: dict | None) -> dict:
+        """Cold builds that fill a registry cache, then fresh stores (a new CI runner) building from it."""
+        sys.path.insert(0, str(REPO / "tests"))
+        from registry import local_registry  # Debian's docker-registry on a free 127.0.0.1 port
+
+        out: dict = {}
+        with local_registry(self.work / "registry") as reg:
+            repos = {"imagefactory": f"{reg.host}/bench/imagefactory-cache",
+                     "containerfile": f"{reg.host}/bench/containerfile-cache"}
+            if cold is None:  # the cold build without a registry, for the --cache-to overhead
+                s_if, s_cf = self.store("plain-if"), self.store("plain-cf")
+                clone_images(seed, s_if)
+                clone_images(seed, s_cf, [SLIM_REF])
+                cold = self.pair("cold-build", s_if, s_cf, target, label="plain")
+                self.drop(s_if)
+                self.drop(s_cf)
+            out["cold"] = {tool: cold[tool]["seconds"] for tool in ("imagefactory", "containerfile")}
+            flags = {tool: ("--cache-from", repo, "--cache-to", repo, "--tls-verify=false") for tool, repo in repos.items()}
+            pushing, fresh = {}, {}
+            s_if, s_cf = self.store("cache-to-if"), self.store("cache-to-cf")
+            clone_images(seed, s_if)
+            clone_images(seed, s_cf, [SLIM_REF])
+            pushing["imagefactory"] = self.imagefactory(s_if, [target], label="cache-to-if", extra=flags["imagefactory"])
+            pushing["containerfile"] = self.containerfile(s_cf, target, label="cache-to-cf", extra=flags["containerfile"])
+            self.drop(s_if)
+            self.drop(s_cf)
+            # a fresh runner: only the base (imagefactory: the seed's base images and their entries)
+            f_if, f_cf = self.store("fresh-if"), self.store("fresh-cf")
+            clone_images(seed, f_if)
+            clone_images(seed, f_cf, [SLIM_REF])
+            fresh["imagefactory"] = self.imagefactory(f_if, [target], label="fresh-if",
+                                                      extra=("--cache-from", repos["imagefactory"], "--tls-verify=false"))
+            fresh["containerfile"] = self.containerfile(f_cf, target, label="fresh-cf",
+                                                        extra=("--cache-from", repos["containerfile"],
+                                                               "--tls-verify=false"))
+            self.drop(f_if)
+            self.drop(f_cf)
+        for tool in ("imagefactory", "containerfile"):
+            out[tool] = {"cold_cache_to": pushing[tool]["seconds"], "fresh_runner": fresh[tool]["seconds"],
+                         "cache_to_overhead": ratio(pushing[tool]["seconds"], out["cold"][tool]),
+                         "detail": {"cache_to": pushing[tool], "fresh": fresh[tool]}}
+        out["fresh_ratio"] = ratio(fresh["imagefactory"]["seconds"], fresh["containerfile"]["seconds"])
+        return out
 
     def patch_rebuild(self, if_store: Store, cf_store: Store, target: str) -> dict:
         lib = self.args.patch_lib
@@ -542,6 +594,14 @@ def table(results: dict) -> str:
         rows.append(("family cold, sum alone --jobs 1 (s)", f"{fc['alone_jobs1_sum']:.2f}", "-",
                      None))
         rows.append(("  jobs2 / sum alone", f"{ratio(fc['jobs2']['seconds'], fc['alone_jobs1_sum'])}", "", None))
+    if "registry-cache" in m:
+        rc = m["registry-cache"]
+        a, b = rc["imagefactory"], rc["containerfile"]
+        rows.append(("cold build with --cache-to (s)", f"{a['cold_cache_to']:.2f}", f"{b['cold_cache_to']:.2f}",
+                     ratio(a["cold_cache_to"], b["cold_cache_to"])))
+        rows.append(("  --cache-to / without", f"{a['cache_to_overhead']}", f"{b['cache_to_overhead']}", None))
+        rows.append(("fresh runner from the registry (s)", f"{a['fresh_runner']:.2f}", f"{b['fresh_runner']:.2f}",
+                     rc["fresh_ratio"]))
     width = max([len(r[0]) for r in rows] + [12])
     out = [f"{'measurement':<{width}}  {'imagefactory':>12}  {'Containerfile':>13}  {'ratio':>6}"]
     for name, a, b, r in rows:

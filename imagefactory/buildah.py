@@ -28,6 +28,7 @@ from .storage import StorageOptions
 
 CONTAINER_PREFIX = "imagefactory-"
 TEMP_IMAGE_REPO = "localhost/imagefactory-tmp"
+PUSH_LIST_REPO = "localhost/imagefactory-push-list"  # one-entry indexes made to push a cache entry
 TAIL_LINES = 40
 # Working containers and temporary commits carry the owning process's PID in their
 # name ("imagefactory-<hint>-p<pid>-<hex>"), so a later run can tell the leftovers of a
@@ -102,8 +103,16 @@ _TRANSIENT = re.compile(r"connection refused|connection reset|broken pipe|i/o ti
 
 def is_transient(error: BuildahError) -> bool:
     """Worth another try: network errors, timeouts, HTTP 5xx/429. Never auth, 404 or TLS errors."""
-    text = error.stderr_tail
+    return transient_text(error.stderr_tail)
+
+
+def transient_text(text: str) -> bool:
+    """The same judgement on any registry tool's error text (skopeo speaks the same library)."""
     return not _PERMANENT.search(text) and bool(_TRANSIENT.search(text))
+
+
+def _registry_args(tls_verify: bool, authfile: str | None) -> list[str]:
+    return [f"--tls-verify={'true' if tls_verify else 'false'}", *(["--authfile", authfile] if authfile else [])]
 
 
 class Buildah:
@@ -257,23 +266,62 @@ class Buildah:
         """Drop one name; the image stays if other names or children keep it."""
         self._call("rmi", name)
 
-    def pull(self, ref: str, log: Path | None = None, *, tls_verify: bool = True) -> str:
-        self._with_retries(f"pull {ref}", lambda: self._call(
-            "pull", "--quiet", *_BUILDAH_RETRY_ARGS, f"--tls-verify={'true' if tls_verify else 'false'}", ref,
-            log=log))
-        return self.inspect(ref)["FromImageID"]
+    def pull(self, ref: str, log: Path | None = None, *, tls_verify: bool = True,
+             authfile: str | None = None) -> str:
+        """Pull and return the image ID (for an index: the ID of this machine's platform entry)."""
+        out = []
+        self._with_retries(f"pull {ref}", lambda: out.append(self._call(
+            "pull", "--quiet", *_BUILDAH_RETRY_ARGS, *_registry_args(tls_verify, authfile), ref, log=log)))
+        printed = out[-1].split() if out and out[-1] else []
+        return printed[-1].removeprefix("sha256:") if printed else self.inspect(ref)["FromImageID"]
 
-    def push(self, image: str, destination: str, *, tls_verify: bool = True, log: Path | None = None) -> str:
+    def push(self, image: str, destination: str, *, tls_verify: bool = True, log: Path | None = None,
+             authfile: str | None = None) -> str:
         """Push and return the manifest digest the registry now serves."""
         digest_file = self.scratch_dir() / f"digest-{uuid.uuid4().hex}"
         try:
             self._with_retries(f"push {destination}", lambda: self._call(
-                "push", *_BUILDAH_RETRY_ARGS, f"--tls-verify={'true' if tls_verify else 'false'}",
+                "push", *_BUILDAH_RETRY_ARGS, *_registry_args(tls_verify, authfile),
                 "--digestfile", str(digest_file), image, destination, log=log,
             ))
             return digest_file.read_text().strip()
         finally:
             digest_file.unlink(missing_ok=True)
+
+    def push_annotated(self, image: str, destination: str, annotations: dict[str, str], *,
+                       tls_verify: bool = True, authfile: str | None = None, log: Path | None = None) -> str:
+        """Push ``image`` as a one-entry OCI index whose entry carries ``annotations``; return the
+        index digest. The image itself (its config, so its ID) is pushed unchanged: annotations on
+        the index are the one place metadata can ride along without changing the image ID."""
+        listed = owned_name(PUSH_LIST_REPO + ":list")
+        self._call("manifest", "create", listed)
+        digest_file = self.scratch_dir() / f"digest-{uuid.uuid4().hex}"
+        try:
+            notes = [a for k, v in annotations.items() for a in ("--annotation", f"{k}={v}")]
+            self._call("manifest", "add", *notes, listed, image)
+            own_log = log or self.scratch_dir() / f"push-{uuid.uuid4().hex}.log"
+            argv = ["manifest", "push", "--all", *_registry_args(tls_verify, authfile), "--digestfile",
+                    str(digest_file), listed, f"docker://{destination}"]
+
+            def attempt() -> None:
+                self._call(*argv, log=own_log)
+                # buildah 1.28 exits 0 when an image of the list fails to copy: no digest means no push
+                if not digest_file.is_file() or not digest_file.read_text().strip():
+                    raise BuildahError(self.argv(*argv), 0, "buildah exited 0 but pushed nothing (buildah 1.28 "
+                                       "hides the registry's error)\n" + tail_of(own_log), log)
+
+            try:
+                self._with_retries(f"push {destination}", attempt)
+            finally:
+                if log is None:
+                    own_log.unlink(missing_ok=True)
+            return digest_file.read_text().strip()
+        finally:
+            digest_file.unlink(missing_ok=True)
+            try:  # `manifest rm`, never `rmi`: rmi of a list name can untag the image inside it
+                self._call("manifest", "rm", listed, cleanup=True)
+            except BuildahError:
+                pass
 
     def _with_retries(self, what: str, attempt) -> None:
         """Retry transient registry failures with backoff; fail at once on the rest (see is_transient)."""

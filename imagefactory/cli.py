@@ -15,12 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from . import config as config_mod
 from . import rootless
 from .buildah import Buildah, BuildahError, Cancelled
+from .cache_registry import RegistryCacheError
 from .config import ConfigError, Settings
 from .recipe import RecipeError
 from .loader import load_recipes
@@ -63,6 +65,23 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("-v", "--verbose", action="store_true", help="show every step, cached ones too")
 
 
+# Commands that read or fill the registry step cache (cache_registry.py).
+REGISTRY_CACHE_COMMANDS = ("build", "plan")
+
+
+def _registry_cache(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("registry step cache (docs/ci.md)")
+    g.add_argument("--cache-from", dest="cache_from", action="append", default=None, metavar="REPO",
+                   help="look step-cache entries up in this registry repository (repeatable)")
+    g.add_argument("--cache-to", dest="cache_to", metavar="REPO", help="push every committed entry here")
+    g.add_argument("--cache-required", dest="cache_required", action="store_const", const=True, default=None,
+                   help="a cache registry that fails is an error, not a silent rebuild (CI)")
+    g.add_argument("--authfile", help="containers auth file with the registry credentials "
+                                      "(default: REGISTRY_AUTH_FILE, then the tools' default)")
+    g.add_argument("--tls-verify", dest="tls_verify", choices=("true", "false"), default=None,
+                   type=lambda text: text.lower(), help="verify the registry's TLS certificate (default true)")
+
+
 def parser() -> argparse.ArgumentParser:
     _load_command_modules()
     p = argparse.ArgumentParser(prog="imagefactory", description=__doc__.splitlines()[0])
@@ -70,13 +89,16 @@ def parser() -> argparse.ArgumentParser:
     for name, (_fn, add_args, help_text) in sorted(_COMMANDS.items()):
         sp = sub.add_parser(name, help=help_text, description=help_text)
         add_args(sp)
+        if name in REGISTRY_CACHE_COMMANDS:
+            _registry_cache(sp)
         _common(sp)
     return p
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     overrides = {k: getattr(args, k, None) for k in
-                 ("root", "runroot", "storage_driver", "isolation", "platform", "jobs")}
+                 ("root", "runroot", "storage_driver", "isolation", "platform", "jobs", "cache_from", "cache_to",
+                  "cache_required", "authfile", "tls_verify")}
     if getattr(args, "no_cache", False):
         overrides["no_cache"] = True
     values = {}
@@ -112,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, Cancelled):
         err_console.print("[yellow]interrupted; working containers removed[/]")
         code = EXIT_INTERRUPTED
+    except RegistryCacheError as exc:
+        err_console.print(f"[bold red]registry cache:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        code = EXIT_FAIL
     except BuildahError as exc:
         err_console.print(f"[bold red]buildah failed[/] (exit {exc.exit_code}): {' '.join(exc.command)}",
                           highlight=False)

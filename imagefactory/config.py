@@ -59,6 +59,12 @@ class Settings:
     log_dir: str = str(_cache_home() / "logs")
     # supply chain
     registry: str | None = None
+    # registry step cache (cache_registry.py): repositories to look entries up in / push them to
+    cache_from: list[str] = field(default_factory=list)
+    cache_to: str | None = None
+    cache_required: bool = False  # a cache registry that fails is an error, not a rebuild
+    authfile: str | None = None  # containers auth file; None: REGISTRY_AUTH_FILE or the tools' default
+    tls_verify: bool = True
     cosign_key: str | None = None
     cosign_password_file: str | None = None
     sbom_dir: str | None = None
@@ -177,6 +183,7 @@ def load(config_file: str | None = None, env: dict[str, str] | None = None,
         from_env["source_date_epoch"] = env["SOURCE_DATE_EPOCH"]
     _apply(settings, from_env, "environment")
     _apply(settings, {k: v for k, v in (overrides or {}).items() if v is not None}, "command line")
+    _absolute_paths(settings, Path.cwd())
     _validate(settings, platforms)
     return settings
 
@@ -233,6 +240,38 @@ def _anchor_paths(settings: Settings, folder: Path) -> None:
         kind, _, rest = spec.partition(":") if spec.startswith(("file:", "env:")) else ("file", "", spec)
         if kind == "file" and not Path(rest).is_absolute():
             settings.secrets[sid] = "file:" + str((folder / rest).resolve())
+    for name in _PATHS:  # only those the file set: defaults are absolute already
+        if name in settings.origin and isinstance(getattr(settings, name), str):
+            setattr(settings, name, _absolute(getattr(settings, name), folder))
+
+
+# Settings that name a file or folder. Relative ones from the environment or the command line mean
+# "relative to where the command started"; they are made absolute once, here, because buildah and
+# the steps run with other working directories (a relative TMPDIR handed to buildah fails).
+_PATHS = ("root", "runroot", "state_dir", "log_dir", "source_cache", "sbom_dir", "cosign_key",
+          "cosign_password_file", "host_ca_bundle", "authfile")
+
+
+def _absolute(entry: str, folder: Path) -> str:
+    if not entry or "://" in entry or Path(entry).is_absolute():
+        return entry
+    return os.path.normpath(folder / os.path.expanduser(entry))
+
+
+def _absolute_paths(settings: Settings, cwd: Path) -> None:
+    """Resolve every relative path setting against ``cwd`` (config-file ones are already anchored)."""
+    for name in _PATHS:
+        value = getattr(settings, name)
+        if isinstance(value, str):
+            setattr(settings, name, _absolute(value, cwd))
+    settings.source_mirrors = [_absolute(m, cwd) for m in settings.source_mirrors]
+    settings.recipe_paths = [p if ("/" not in p and not p.endswith(".py") and not (cwd / p).exists())
+                             else _absolute(p, cwd) for p in settings.recipe_paths]
+    for sid, spec in list(settings.secrets.items()):
+        if spec.startswith("file:"):
+            settings.secrets[sid] = "file:" + _absolute(spec[5:], cwd)
+        elif not spec.startswith("env:"):
+            settings.secrets[sid] = _absolute(spec, cwd)
 
 
 def _apply(settings: Settings, data: dict[str, Any], source: str, lines: dict[str, int] | None = None) -> None:

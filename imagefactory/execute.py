@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -127,6 +128,8 @@ class Executor:
         self.remote: Provider | None = None  # a registry cache, tried after the local store
         self._finished: dict[str, threading.Event] = {}
         self._slots = threading.BoundedSemaphore(max(1, settings.jobs))
+        # called with (key, image ID) after every commit: `--cache-to` pushes the entry from here
+        self.committed: Callable[[str, str], None] | None = None
         self._platform = None
         self._notes: list[str] = []
         self._interrupted = 0  # signal number, set by the handler (see _interrupts_as_flag)
@@ -262,12 +265,15 @@ class Executor:
                     reply = self._run(node, decision, base, stage_ids, result)
         except StopIteration as done:
             for_children = done.value
-        final_id = self._local(last, node) if last else reply
         ref = node.recipe.image_ref()
-        if self._index.get(ref) != final_id:
-            self.buildah.tag(final_id, ref)
-            with self._lock:
-                self._index[ref] = final_id
+        if last is not None and last.where != "local" and node.recipe not in plan.targets:
+            final_id = last.image_id  # not a target: pulled only if a child or a CopyFrom needs it (_ensure_local)
+        else:
+            final_id = self._local(last, node) if last else reply
+            if self._index.get(ref) != final_id:
+                self.buildah.tag(final_id, ref)
+                with self._lock:
+                    self._index[ref] = final_id
         with self._lock:
             self._image_ids[node.name] = for_children or final_id
         result.image_id = final_id
@@ -292,6 +298,19 @@ class Executor:
         with self._lock:
             self._index[found.ref] = image_id
         return image_id
+
+    def _ensure_local(self, image_id: str, node: Node) -> str:
+        """``image_id`` in the local store: an image a registry cache found but nobody pulled yet
+        (a parent's or a stage's final image) is pulled when something builds on or copies from it."""
+        with self._lock:
+            local = image_id in self._records or image_id in self._index.values()
+        fetch = getattr(self.remote, "fetch_image", None)
+        if local or fetch is None:
+            return image_id
+        pulled = fetch(image_id, self.buildah)
+        with self._lock:
+            self._records.setdefault(pulled, ImageRecord(pulled, [], 0))
+        return pulled
 
     def _record_hit(self, node: Node, decision: Decision, result: ImageResult) -> None:
         total = node.total_steps
@@ -319,7 +338,9 @@ class Executor:
              result: ImageResult) -> str:
         """Build one layer or final commit on ``base``; returns the committed image ID."""
         total = node.total_steps
-        image = None if base == SCRATCH else base
+        image = None if base == SCRATCH else self._ensure_local(base, node)
+        for stage in getattr(decision.unit, "stages", ()):
+            stage_ids[stage] = self._ensure_local(stage_ids[stage], node)
         t0 = time.monotonic()
         if decision.is_flatten:
             rec = StepRecord(0, "flatten", decision.unit.rendered.summary, decision.key, "run")
@@ -454,6 +475,8 @@ class Executor:
                               exc.log_path, self._diagnose(exc.stderr_tail)) from None
         with self._lock:
             self._index[cache_ref(key)] = new_id
+        if self.committed is not None:
+            self.committed(key, new_id)
         return new_id
 
     # -- cache index ------------------------------------------------------------

@@ -27,6 +27,22 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_SOURCES = (REPO / ".." / "shared" / "sources").resolve()
 SCRATCH = Path(os.environ.get("IMAGEFACTORY_TEST_TMP", "/var/tmp"))
+# Knobs of the test harness itself, not imagefactory settings: these survive the scrub below.
+HARNESS_VARIABLES = {"IMAGEFACTORY_TEST_TMP", "IMAGEFACTORY_E2E_ROOT", "IMAGEFACTORY_QUADLET",
+                     "IMAGEFACTORY_PIPELINE_CHAINS"}
+
+
+def scrub_settings_environment(environ=os.environ) -> list[str]:
+    """Drop the caller's IMAGEFACTORY_* settings (a test run inside a CI job inherits the job's
+    IMAGEFACTORY_STATE_DIR, IMAGEFACTORY_CACHE_FROM, ...): tests and the CLI processes they start
+    must behave the same wherever they run. Each test sets what it needs explicitly."""
+    dropped = [k for k in environ if k.startswith("IMAGEFACTORY_") and k not in HARNESS_VARIABLES]
+    for key in dropped:
+        del environ[key]
+    return dropped
+
+
+scrub_settings_environment()
 
 
 @dataclass

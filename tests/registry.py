@@ -35,7 +35,7 @@ storage:
   filesystem:
     rootdirectory: {root}
   delete:
-    enabled: true
+    enabled: {delete}
 http:
   addr: 127.0.0.1:{port}
 """
@@ -66,8 +66,9 @@ def _binary() -> str:
 
 
 @contextmanager
-def local_registry(workdir: Path, timeout: float = 20.0) -> Iterator[Registry]:
-    """Start a registry storing into ``workdir/registry``; yield once ``/v2/`` answers; stop it after."""
+def local_registry(workdir: Path, timeout: float = 20.0, *, delete: bool = True) -> Iterator[Registry]:
+    """Start a registry storing into ``workdir/registry``; yield once ``/v2/`` answers; stop it after.
+    ``delete=False``: a registry that refuses manifest deletes (HTTP 405), as many hosted ones do."""
     binary = _binary()
     workdir = Path(workdir)
     root = workdir / "registry-data"
@@ -75,7 +76,7 @@ def local_registry(workdir: Path, timeout: float = 20.0) -> Iterator[Registry]:
     for attempt in range(3):
         port = free_port()
         config = workdir / "registry.yml"
-        config.write_text(CONFIG.format(root=root, port=port))
+        config.write_text(CONFIG.format(root=root, port=port, delete=str(delete).lower()))
         log = workdir / "registry.log"
         logf = open(log, "ab")
         proc = subprocess.Popen([binary, "serve", str(config)], stdout=logf, stderr=subprocess.STDOUT,

@@ -1,5 +1,7 @@
 """The CI pipelines in ci/ (GitHub Actions, GitLab CI): every imagefactory call they make parses with
-the real CLI, every stage writes a report, images are cached between jobs, and only main publishes."""
+the real CLI, every stage writes a report, images move between jobs through registries (step cache,
+staging digests, release) and never as a cached storage root, only main publishes, and the files pass
+zizmor and the vendors' JSON schemas. test_pipeline_run.py runs the GitLab pipeline for real."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ except ImportError:  # tests/ made a package
 REPO = Path(__file__).resolve().parents[1]
 GITHUB = REPO / "ci" / "github" / "imagefactory.yml"
 GITLAB = REPO / "ci" / "gitlab-ci.yml"
-PUBLISHING = {"push", "sign", "verify-signature"}
+PUBLISHING = {"promote", "sign", "verify-signature"}  # `push` is to staging (build jobs)
 CHAIN_TARGETS = {"dev", "test", "build", "ci", "s4"}
 PLACEHOLDER = "placeholder"  # an unknown variable: a loop variable, a secret
 GITLAB_RESERVED = {"stages", "variables", "default", "include", "workflow", "image", "services", "cache",
@@ -146,7 +148,7 @@ def test_every_imagefactory_call_parses_with_the_real_cli(ci):
 def test_pipeline_covers_every_stage(ci):
     invocations = PIPELINES[ci]()
     used = {inv.subcommand for _, inv in invocations}
-    assert {"doctor", "build", "verify", "sbom", "push", "sign", "verify-signature"} <= used
+    assert {"doctor", "build", "push", "fetch", "verify", "sbom", "promote", "sign", "verify-signature"} <= used
     built = {t for _, inv in invocations if inv.subcommand == "build" for t in inv.argv[1:] if not t.startswith("-")}
     assert built >= CHAIN_TARGETS
     for _, inv in invocations:
@@ -157,13 +159,58 @@ def test_pipeline_covers_every_stage(ci):
 
 
 @pytest.mark.parametrize("ci", sorted(PIPELINES))
-def test_every_call_writes_a_report_and_uses_the_cached_store(ci):
+def test_every_call_writes_a_report_and_uses_the_job_store(ci):
     for _, inv in PIPELINES[ci]():
         assert "--report" in inv.argv, f"no --report: {inv}"
         report = inv.argv[inv.argv.index("--report") + 1]
         assert re.fullmatch(r"reports/[a-z0-9-]+\.json", report), f"report not under reports/: {inv}"
-        assert inv.argv[inv.argv.index("--root") + 1] == ".imagefactory/storage", f"not the cached store: {inv}"
+        assert inv.argv[inv.argv.index("--root") + 1] == ".imagefactory/storage", f"not the job's store: {inv}"
         assert "--runroot" in inv.argv, inv
+
+
+def _value(inv: Invocation, flag: str) -> str | None:
+    for i, word in enumerate(inv.argv):
+        if word == flag:
+            return inv.argv[i + 1]
+        if word.startswith(flag + "="):
+            return word.split("=", 1)[1]
+    return None
+
+
+@pytest.mark.parametrize("ci", sorted(PIPELINES))
+def test_images_move_through_registries(ci):
+    """build: registry step cache + push to staging (digests in the report); verify/sbom/publish: fetch
+    exactly those digests; publish: promote them unchanged to release before signing."""
+    by_job: dict[str, list[Invocation]] = {}
+    for job, inv in PIPELINES[ci]():
+        by_job.setdefault(job, []).append(inv)
+    builds = [inv for inv in by_job["build"] if inv.subcommand == "build"]
+    assert builds and all(_value(inv, "--cache-from") and _value(inv, "--cache-from") == _value(inv, "--cache-to")
+                          for inv in builds), builds
+    staged = {_value(inv, "--report") for inv in by_job["build"] if inv.subcommand == "push"}
+    assert staged and all(r.startswith("reports/staged-") for r in staged)
+    assert all(_value(inv, "--registry") for inv in by_job["build"] if inv.subcommand == "push")
+    for job in ("verify", "sbom", "publish"):
+        fetches = [inv for inv in by_job[job] if inv.subcommand == "fetch"]
+        assert fetches, f"{job} does not fetch the staged digests"
+        assert {_value(inv, "--digests") for inv in fetches} <= staged, fetches
+        assert not any(inv.subcommand == "build" for inv in by_job[job]), f"{job} rebuilds instead of fetching"
+    order = [inv.subcommand for inv in by_job["publish"]]
+    assert order.index("fetch") < order.index("promote") < order.index("sign") < order.index("verify-signature")
+    assert "push" not in order, "publish copies the verified digests (promote); it does not push again"
+
+
+def test_no_job_caches_or_moves_a_storage_root():
+    for path in (GITHUB, GITLAB):
+        text = path.read_text()
+        assert "actions/cache" not in text, path
+        data = _load(path)
+        jobs = data["jobs"] if path == GITHUB else {k: v for k, v in data.items() if isinstance(v, dict)}
+        for name, job in jobs.items():
+            assert "cache" not in job, f"{path.name}: job {name} uses a CI cache"
+        for line in text.splitlines():
+            if line.strip().startswith("- .imagefactory/") or line.strip().startswith(".imagefactory/"):
+                assert not re.search(r"\.imagefactory/(storage|run|sources)", line), f"{path.name}: {line.strip()}"
 
 
 def test_reports_are_unique_per_job():
@@ -187,11 +234,17 @@ def test_github_publishes_on_main_only():
     for name, job in jobs.items():
         if name not in publishing:
             for step in job.get("steps", []):
-                assert not any(f"imagefactory {s} " in step.get("run", "") for s in ("push", "sign")), name
+                assert not any(f"imagefactory {s} " in step.get("run", "") for s in ("promote", "sign")), name
+                if "imagefactory push " in step.get("run", ""):
+                    assert '--registry "$STAGING_REGISTRY"' in step["run"], f"{name} pushes elsewhere than staging"
 
 
 def test_gitlab_publishes_on_main_only():
     jobs = gitlab_jobs()
+    for name, job in jobs.items():
+        for line in job.get("script", []):
+            if "imagefactory push " in line:
+                assert '--registry "$STAGING_REGISTRY"' in line, f"{name} pushes elsewhere than staging"
     publishing = {job for job, inv in gitlab_invocations() if inv.subcommand in PUBLISHING}
     assert publishing, "no job pushes or signs"
     for name in publishing:
@@ -215,17 +268,21 @@ def test_github_structure():
         first_if = next(i for i, r in enumerate(runs) if "imagefactory" in r or "pytest" in r or "ruff" in r)
         assert runs.index("ci/setup") < first_if, f"job {name} runs something before ci/setup"
         assert job.get("container", {}).get("options", "").find("--privileged") >= 0, name
+        for step in job["steps"]:
+            if "uses" in step:
+                assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", step["uses"]), f"{name}: not pinned: {step['uses']}"
+            if "${{" in step.get("run", ""):
+                raise AssertionError(f"{name}: expression in a run script (template injection): {step['run']}")
     build = jobs["build"]
     assert len(build["strategy"]["matrix"]["include"]) >= 3, "chains build in parallel jobs"
     assert build["needs"] == "lint"
     for stage in ("verify", "sbom"):
         assert jobs[stage]["needs"] == "build"
     assert set(jobs["publish"]["needs"]) == {"verify", "sbom"}
-    cached = [s for s in build["steps"] if str(s.get("uses", "")).startswith("actions/cache")]
-    assert cached and all(".imagefactory/storage" in s["with"]["path"] for s in cached)
     uploads = [s["with"]["path"] for j in jobs.values() for s in j["steps"]
                if str(s.get("uses", "")).startswith("actions/upload-artifact")]
     assert any("sboms/" in p for p in uploads) and any("reports/" in p for p in uploads)
+    assert any("staged-" in p for p in uploads), "the build's push report (digests) is an artifact"
 
 
 def test_gitlab_structure():
@@ -235,12 +292,49 @@ def test_gitlab_structure():
     jobs = gitlab_jobs()
     for name, job in jobs.items():
         assert "before_script" not in job, f"{name} replaces the ci/setup before_script"
+        first = job["script"][0]
+        assert first.startswith("trap ") and "ci/drop-store" in first and first.endswith(" EXIT"), \
+            f"{name} leaves its store (or keys) to the next job on the runner"
     assert len(jobs["build"]["parallel"]["matrix"]) >= 3, "chains build in parallel jobs"
-    assert ".imagefactory/storage" in jobs["build"]["cache"]["paths"]
-    assert jobs["build"]["cache"]["policy"] == "pull-push"
-    assert all(jobs[j]["cache"]["policy"] == "pull" for j in ("verify", "sbom", "publish"))
+    assert set(jobs["publish"]["needs"]) == {"build", "verify", "sbom"}, "publish needs the staged digests"
     assert "sboms/" in jobs["sbom"]["artifacts"]["paths"]
     assert all("reports/" in (job.get("artifacts") or data["default"]["artifacts"])["paths"] for job in jobs.values())
+    for name in ("build", "verify", "sbom", "publish"):
+        assert jobs[name]["script"][1].startswith("if ! ci/chain-selected"), f"{name}: PIPELINE_CHAINS not honoured"
+
+
+# --- linters: zizmor (GitHub Actions security), the vendors' JSON schemas ------------------------------
+def _tool(name: str) -> str:
+    import shutil
+
+    found = shutil.which(name)
+    if not found:
+        pytest.fail(f"{name} is not installed: run ci/setup")
+    return found
+
+
+def test_github_workflow_passes_zizmor():
+    import subprocess
+
+    config = REPO / "ci" / "github" / "zizmor.yml"
+    proc = subprocess.run([_tool("zizmor"), "--offline", "--persona=auditor", "--no-progress", "--config", str(config),
+                           "--format", "plain", str(GITHUB)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    # every allow-listed rule says why, next to the rule
+    text = config.read_text()
+    blocks = re.split(r"\n  (?=[a-z-]+:)", text.split("rules:", 1)[1])
+    for rule in yaml.safe_load(text)["rules"]:
+        block = next(b for b in blocks if b.startswith(f"{rule}:"))
+        assert re.search(r"#\s*\S.{20,}", block), f"zizmor rule {rule} is allow-listed without a reason"
+
+
+@pytest.mark.parametrize("path,schema", [(GITHUB, "vendor.github-workflows"), (GITLAB, "vendor.gitlab-ci")])
+def test_pipeline_matches_the_vendor_schema(path, schema):
+    import subprocess
+
+    proc = subprocess.run([_tool("check-jsonschema"), "--builtin-schema", schema, str(path)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
 
 @pytest.mark.parametrize("path", [GITHUB, GITLAB, REPO / "ci" / "containers.conf"])

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from ..buildah import BuildahError
+from ..cache_registry import RegistryCache, RegistryProvider
 from ..cli import EXIT_FAIL, EXIT_OK, buildah_for, command, console, err_console, print_table
 from ..config import Settings
 from ..execute import BuildFailed, Executor
@@ -56,7 +57,11 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
 
 @command("plan", "print every step, its cache status and the buildah calls, without building", _plan_args)
 def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
-    data = describe_plan(args.targets, settings, read_store=not args.offline, progress=_progress_line)
+    cache = None if settings.no_cache or args.offline else registry_cache(settings, lambda m: err_console.print(
+        f"[yellow]warning:[/] {m}", highlight=False, markup=False, soft_wrap=True))
+    # lookups only: `plan` shows which steps would come from the registry
+    data = describe_plan(args.targets, settings, read_store=not args.offline, progress=_progress_line,
+                         remote=RegistryProvider(cache) if cache is not None else None)
     args._report_data = {"plan": data}
     if args.json:
         print(json.dumps(data, indent=2))
@@ -66,7 +71,8 @@ def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
                       f"({'squash' if img['squash'] else 'layers'}, {img['format']})")
         for st in img["steps"]:
             colour = {"hit": "green", "miss": "yellow", "pending": "magenta"}[st["status"]]
-            console.print(f"  {st['index']:>2} [{colour}]{st['status']:<7}[/] {st['kind']:<9} {st['summary']}",
+            where = " [cyan](registry)[/]" if st.get("from") == "registry" else ""
+            console.print(f"  {st['index']:>2} [{colour}]{st['status']:<7}[/] {st['kind']:<9} {st['summary']}{where}",
                           highlight=False)
             for call in st["calls"]:
                 console.print(f"       $ {call}", highlight=False, markup=False)
@@ -113,20 +119,44 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_build(targets: list[str], settings: Settings, verbose: bool = False) -> tuple[dict, int]:
+    warnings: list[str] = []
+    # checked before planning: a cache reference that is not a repository fails at once
+    cache = registry_cache(settings, lambda m: (warnings.append(m), reporter.note(f"warning: {m}")))
     plan = build_plan(targets, settings, progress=_progress_line)
     reporter = RichReporter(err_console, verbose=verbose)
-    executor = Executor(settings, buildah_for(settings), reporter)
+    bd = buildah_for(settings)
+    executor = Executor(settings, bd, reporter)
+    if cache is not None:
+        executor.remote = RegistryProvider(cache)
+        if cache.to_repo:
+            executor.committed = lambda key, image_id: cache.push_async(key, image_id, bd)
     try:
-        result = executor.execute(plan)
+        try:
+            result = executor.execute(plan)
+        finally:
+            if cache is not None:
+                cache.wait()  # pushes overlap the build; the report is written when they are done
     except BuildFailed as exc:
         reporter.close()
         return {"ok": False, "failed": {"image": exc.image, "step": exc.step_no, "summary": exc.step,
                                         "command": exc.command, "log": str(exc.log) if exc.log else None,
-                                        "hint": exc.hint}}, EXIT_FAIL
+                                        "hint": exc.hint}, **_cache_report(cache, warnings)}, EXIT_FAIL
     finally:
         reporter.close()
     data = result.to_dict()
+    data.update(_cache_report(cache, warnings))
     return data, EXIT_OK if result.ok else EXIT_FAIL
+
+
+def registry_cache(settings: Settings, warn=None) -> RegistryCache | None:
+    """The registry step cache the settings ask for (--cache-from/--cache-to), or None."""
+    return RegistryCache.from_settings(settings, warn=warn)
+
+
+def _cache_report(cache: RegistryCache | None, warnings: list[str]) -> dict:
+    if cache is None:
+        return {}
+    return {"registry_cache": {"from": cache.from_repos, "to": cache.to_repo, **cache.stats, "warnings": warnings}}
 
 
 @command("images", "images this tool built: ID, size, age")
@@ -202,10 +232,17 @@ def _cache_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all", action="store_true", help="prune every cache entry, not only unreachable ones")
     p.add_argument("--keep", nargs="*", default=None, metavar="TARGET",
                    help="targets whose current cache entries survive (default: all targets)")
+    p.add_argument("--registry", metavar="REPO", help="prune this registry cache repository instead of the "
+                                                      "local store (registry API deletes)")
+    p.add_argument("--tls-verify", dest="tls_verify", choices=("true", "false"), default=None,
+                   type=lambda text: text.lower(), help="verify the registry's TLS certificate (default true)")
+    p.add_argument("--authfile", help="containers auth file (default: REGISTRY_AUTH_FILE)")
 
 
 @command("cache", "list or prune step-cache entries", _cache_args)
 def cmd_cache(args: argparse.Namespace, settings: Settings) -> int:
+    if getattr(args, "registry", None):
+        return _prune_registry(args, settings)
     bd = buildah_for(settings)
     entries = {n: r.id for r in bd.images() for n in r.names if n.startswith(CACHE_REPO + ":")}
     if args.action == "list":
@@ -223,6 +260,31 @@ def cmd_cache(args: argparse.Namespace, settings: Settings) -> int:
     console.print(f"pruned {len(doomed)} of {len(entries)} cache entries")
     args._report_data = {"pruned": len(doomed), "kept": len(entries) - len(doomed)}
     return EXIT_OK
+
+
+def _prune_registry(args: argparse.Namespace, settings: Settings) -> int:
+    """Delete the registry entries no current recipe of the kept targets reaches (walked through
+    that registry: a key is only known while the entries before it are there)."""
+    if args.action != "prune":
+        err_console.print("error: `cache list --registry` is not supported; use `skopeo list-tags`", highlight=False)
+        return EXIT_FAIL
+    settings.cache_from, settings.cache_to = [args.registry], args.registry
+    cache = RegistryCache([args.registry], args.registry, authfile=settings.authfile, tls_verify=settings.tls_verify,
+                          required=True)
+    keep: set[str] = set()
+    if not args.all:
+        targets = args.keep if args.keep else [c.target_name() for c in CATALOGUE.targets()]
+        for img in describe_plan(targets, settings):
+            keep.update(s["key"] for s in img["steps"] if s["key"] and s["status"] == "hit")
+    result = cache.prune(keep)
+    args._report_data = {"registry": result.to_dict()}
+    console.print(f"{result.repo}: deleted {len(result.deleted)} entries, kept {len(result.kept)}", highlight=False)
+    for failure in result.failed:
+        err_console.print(f"could not delete {failure}", highlight=False, markup=False)
+    if result.refused:
+        err_console.print(f"[bold red]error:[/] {result.refused}", highlight=False)
+        return EXIT_FAIL
+    return EXIT_OK if not result.failed else EXIT_FAIL
 
 
 def _untag_and_drop(bd, doomed: list[str]) -> None:
