@@ -4,7 +4,7 @@
 target      image                   base    size   what it is for
 ==========  ======================  ======  =====  ==========================================
 ``dev``     ocserv-modern-dev       full    500    developer shell: full toolchain, debuggers,
-                                                   ocserv build deps, the five libs (DEBUG)
+                                                   ocserv build deps, the libraries (DEBUG)
 ``test``    ocserv-modern-test      dev     500    unit tests + coverage of /workspace
                                                    (``run-tests``), test frameworks, net tools
 ``build``   ocserv-modern-build     slim    200    release builds and packaging: C toolchain,
@@ -37,14 +37,13 @@ from imagefactory.recipe import Recipe, Runtime
 from imagefactory.steps import AddUser, Config, Copy, CopyFrom, Install, Rendered, Run, RunCall, User
 from imagefactory.toolchain import DEBUG, RELEASE, Profile
 
-from .libs import ALL, CJSON, LIBUV, LLHTTP, MIMALLOC, WOLFSSL
+from .libs import ALL
 from .packages import DEBUG_TOOLS, MIN_TOOLCHAIN, OCSERV_BUILD_DEPS, PACKAGING, TEST_TOOLS, TOOLCHAIN
 
 SHARE = "/usr/local/share/ocserv-modern"
-VERSIONS_FILE = f"{SHARE}/versions"
-
-# name in the versions file / quick-validate's EXPECT_<NAME> → library spec
-EXPECTED = {"wolfssl": WOLFSSL, "libuv": LIBUV, "llhttp": LLHTTP, "cjson": CJSON, "mimalloc": MIMALLOC}
+VERSIONS_FILE = f"{SHARE}/versions"  # name=version per library: quick-validate's EXPECT_<NAME>
+LIBRARIES_FILE = f"{SHARE}/libraries"  # name, version, pkg-config modules, smoke command (tab-separated)
+CHECKS_DIR = f"{SHARE}/checks"  # recipes/files/checks: check.h + <library>.c / <library>.sh
 
 # Files a build never runs: dropped in the same layer that installs them, so they cost nothing.
 # lto-dump is gcc's LTO bytecode inspector (~32 MB; -flto itself needs lto1, which stays);
@@ -101,23 +100,45 @@ def library_profile(settings, spec: LibrarySpec, profile: Profile) -> Profile:
 
 
 def build_libraries(settings, profile: Profile):
-    """One BuildLibrary step (one layer) per library, in dependency-free pin order."""
+    """One BuildLibrary step (one layer) per library, in build order (dependencies first)."""
     for spec in ALL:
         yield BuildLibrary(spec, library_profile(settings, spec, profile))
 
 
-def versions_step() -> Run:
-    """Bake the pinned versions into the image for quick-validate (key changes with any pin)."""
-    lines = "\n".join(f"{name}={spec.version}" for name, spec in EXPECTED.items())
-    return Run(f"mkdir -p {SHARE}\ncat > {VERSIONS_FILE} <<'EOF'\n{lines}\nEOF\nchmod 0644 {VERSIONS_FILE}",
-               title=f"expected library versions → {VERSIONS_FILE}")
+def library_table(libs=ALL) -> str:
+    """The library table: ``name<TAB>version<TAB>modules<TAB>smoke``, ``-`` for none."""
+    rows = ["# name\tversion\tpkg-config modules\tsmoke command (written from recipes/libs.py)"]
+    for spec in libs:
+        modules = " ".join(pc.removesuffix(".pc") for pc in spec.pkgconfig) or "-"
+        smoke = spec.smoke or "-"
+        if "\t" in smoke or "\n" in smoke:
+            raise ValueError(f"recipes/libs.py: {spec.name}'s smoke command must be one line without tabs")
+        rows.append(f"{spec.name}\t{spec.version}\t{modules}\t{smoke}")
+    return "\n".join(rows) + "\n"
+
+
+def library_table_step(libs=ALL) -> Run:
+    """Bake versions and the library table into the image (the key changes with any pin or spec)."""
+    versions = "".join(f"{spec.name}={spec.version}\n" for spec in libs)
+    script = (f"mkdir -p {SHARE}\n"
+              f"cat > {VERSIONS_FILE} <<'EOF'\n{versions}EOF\n"
+              f"cat > {LIBRARIES_FILE} <<'EOF'\n{library_table(libs)}EOF\n"
+              f"chmod 0644 {VERSIONS_FILE} {LIBRARIES_FILE}")
+    return Run(script, title=f"library table → {LIBRARIES_FILE}, {VERSIONS_FILE}")
+
+
+def quick_validate_steps():
+    """quick-validate, its per-library check programs and the library table."""
+    yield Copy("files/checks", CHECKS_DIR)
+    yield Copy("files/quick-validate", "/usr/local/bin/quick-validate", mode="0755")
+    yield library_table_step()
 
 
 LIBRARY_LABELS = library_labels(ALL)
 
 
 class Dev(Recipe):
-    """ocserv-modern development shell: C toolchain, debuggers, ocserv deps, the five libraries (debug)
+    """ocserv-modern development shell: C toolchain, debuggers, ocserv deps, the libraries (debug)
 
     Packages (Debian names; see recipes/packages.py for the reasons per package):
       TOOLCHAIN          gcc g++ libc6-dev make cmake meson ninja-build autoconf automake libtool-bin
@@ -126,8 +147,9 @@ class Dev(Recipe):
       OCSERV_BUILD_DEPS  libpam0g-dev libseccomp-dev liblz4-dev libreadline-dev libnl-route-3-dev
                          libprotobuf-c-dev protobuf-c-compiler libtalloc-dev gperf libev-dev
                          libradcli-dev libkrb5-dev liboath-dev libmaxminddb-dev
-    plus the libraries' BUILD_DEPS, then wolfSSL, libuv, llhttp, cJSON, mimalloc built with the
-    DEBUG profile (-O2 -g, hardening flags, unstripped) into /usr/local, one layer each.
+    plus the libraries' BUILD_DEPS, then every library of recipes/libs.py (wolfSentry, wolfSSL,
+    wolfCLU, libuv, llhttp, cJSON, mimalloc) built with the DEBUG profile (-O2 -g, hardening
+    flags, unstripped) into /usr/local, one layer each, dependencies first.
     Runs as ``developer`` (1000:1000), who owns /workspace.
 
     Size: measured 823 MB against the 500 MB budget (test: 843 MB). The content asked for does
@@ -159,8 +181,8 @@ class Test(Dev):
     /usr/local/bin/run-tests (the default command): a project mounted at /workspace
     (Makefile, meson.build, CMakeLists.txt or configure) is built with --coverage, its tests
     run, and gcovr writes HTML, Cobertura XML and a text summary to $TEST_RESULTS
-    (default /workspace/coverage). With nothing mounted it compiles the five-library
-    self-test with coverage, runs it and says that it did.
+    (default /workspace/coverage). With nothing mounted it runs quick-validate's check
+    programs (every library's) compiled with coverage, and says that it did.
     """
 
     name = "ocserv-modern-test"
@@ -170,15 +192,13 @@ class Test(Dev):
     def steps(self):
         yield User("root")  # dev's image runs as developer; installing needs root
         yield Install(*TEST_TOOLS)
-        yield Copy("files/quick-validate.c", f"{SHARE}/quick-validate.c", mode="0644")
-        yield Copy("files/quick-validate", "/usr/local/bin/quick-validate", mode="0755")
+        yield from quick_validate_steps()
         yield Copy("files/run-tests", "/usr/local/bin/run-tests", mode="0755")
-        yield versions_step()
         yield Config(user="developer", workdir="/workspace", cmd=["run-tests"])
 
 
 class ReleaseLibraries(Recipe):
-    """Stage: the five libraries built with the RELEASE profile, one layer each (not shipped)
+    """Stage: the libraries built with the RELEASE profile, one layer each (not shipped)
 
     The stage holds what only the library builds need (g++ for mimalloc, cmake, autotools);
     ``build`` copies just the resulting /usr/local, so none of that toolchain ships.
@@ -194,10 +214,10 @@ class ReleaseLibraries(Recipe):
 
 
 class Build(Recipe):
-    """ocserv-modern release build environment: C toolchain, packaging tools, the five libraries (release)
+    """ocserv-modern release build environment: C toolchain, packaging tools, the libraries (release)
 
     Packages (Debian names): MIN_TOOLCHAIN (gcc libc6-dev make pkgconf), binutils, file, patch,
-    xz-utils, PACKAGING (dpkg-dev rpm createrepo-c). No debuggers. The five libraries are built
+    xz-utils, PACKAGING (dpkg-dev rpm createrepo-c). No debuggers. The libraries are built
     with the RELEASE profile (-O3, LTO, hardening, stripped) in the :class:`ReleaseLibraries`
     stage (one layer per library, so the step cache works per library) and their /usr/local is
     copied in. Runs as ``builder`` (1000:1000). Not squashed: it is an intermediate (``ci``
@@ -231,12 +251,14 @@ class Build(Recipe):
 
 
 class Ci(Build):
-    """ocserv-modern CI runner: quick-validate (all five libraries, versions) and ci-build on PATH
+    """ocserv-modern CI runner: quick-validate (every library, versions), ci-build and ci-env on PATH
 
-    /usr/local/bin/quick-validate compiles /usr/local/share/ocserv-modern/quick-validate.c
-    against wolfSSL, libuv, llhttp, cJSON and mimalloc, runs it (HTTP request → JSON,
-    SHA-256 + TLS 1.3 context, a libuv timer, mimalloc allocations) and checks every
-    library's version against the pins baked into /usr/local/share/ocserv-modern/versions.
+    /usr/local/bin/quick-validate reads the library table baked from recipes/libs.py
+    (/usr/local/share/ocserv-modern/libraries), checks each library's pkg-config modules and
+    smoke command, then compiles and runs its check program from .../checks (wolfSentry
+    blocking one address and allowing another, SHA-256 + TLS 1.3 + wolfSentry hooks in wolfSSL,
+    wolfCLU's hash against sha256sum, a libuv timer, an HTTP request → JSON, cJSON on mimalloc)
+    and checks every library's version against the pins in .../versions.
     /usr/local/bin/ci-build builds and tests the project at /workspace (autotools, meson,
     CMake or make) with the release flags and collects artifacts in $CI_ARTIFACTS.
     """
@@ -247,12 +269,10 @@ class Ci(Build):
 
     def steps(self):
         yield User("root")  # build's image runs as builder
-        yield Copy("files/quick-validate.c", f"{SHARE}/quick-validate.c", mode="0644")
-        yield Copy("files/quick-validate", "/usr/local/bin/quick-validate", mode="0755")
+        yield from quick_validate_steps()
         yield Copy("files/ci-build", "/usr/local/bin/ci-build", mode="0755")
         yield Copy("files/ci-env", "/usr/local/bin/ci-env", mode="0755")
-        yield versions_step()
         yield Config(user="builder", workdir="/workspace", cmd=["quick-validate"])
 
 
-__all__ = ["Build", "Ci", "Dev", "EXPECTED", "InstallTrimmed", "Test", "library_profile", "unique"]
+__all__ = ["Build", "Ci", "Dev", "InstallTrimmed", "Test", "library_profile", "library_table", "unique"]
