@@ -99,9 +99,9 @@ def library_profile(settings, spec: LibrarySpec, profile: Profile) -> Profile:
     return profile.with_(extra_cflags=cflags, extra_cxxflags=cflags, extra_ldflags=ldflags)
 
 
-def build_libraries(settings, profile: Profile):
+def build_libraries(settings, profile: Profile, libs=ALL):
     """One BuildLibrary step (one layer) per library, in build order (dependencies first)."""
-    for spec in ALL:
+    for spec in libs:
         yield BuildLibrary(spec, library_profile(settings, spec, profile))
 
 
@@ -127,11 +127,15 @@ def library_table_step(libs=ALL) -> Run:
     return Run(script, title=f"library table → {LIBRARIES_FILE}, {VERSIONS_FILE}")
 
 
-def quick_validate_steps():
-    """quick-validate, its per-library check programs and the library table."""
-    yield Copy("files/checks", CHECKS_DIR)
-    yield Copy("files/quick-validate", "/usr/local/bin/quick-validate", mode="0755")
-    yield library_table_step()
+def quick_validate_steps(libs=ALL, files: str = "files", checks: str | None = None):
+    """quick-validate, the per-library check programs and the library table.
+
+    ``files``/``checks``: where the script and the check programs are (relative to the recipe's
+    folder, or absolute: a recipe elsewhere can reuse them with its own checks).
+    """
+    yield Copy(checks or f"{files}/checks", CHECKS_DIR)
+    yield Copy(f"{files}/quick-validate", "/usr/local/bin/quick-validate", mode="0755")
+    yield library_table_step(libs)
 
 
 LIBRARY_LABELS = library_labels(ALL)
@@ -275,4 +279,5 @@ class Ci(Build):
         yield Config(user="builder", workdir="/workspace", cmd=["quick-validate"])
 
 
-__all__ = ["Build", "Ci", "Dev", "InstallTrimmed", "Test", "library_profile", "library_table", "unique"]
+__all__ = ["Build", "Ci", "Dev", "InstallTrimmed", "Test", "build_libraries", "library_profile", "library_table",
+           "quick_validate_steps", "unique"]

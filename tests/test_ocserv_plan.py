@@ -21,7 +21,10 @@ from conftest import SHARED_SOURCES
 TARGETS = ["dev", "test", "build", "ci"]
 IMAGES = {"dev": "ocserv-modern-dev", "test": "ocserv-modern-test", "build": "ocserv-modern-build",
           "ci": "ocserv-modern-ci"}
-LIBS = ["wolfssl", "libuv", "llhttp", "cjson", "mimalloc"]
+# build order: wolfSSL is built with wolfSentry's hooks, wolfCLU against wolfSSL
+LIBS = ["wolfsentry", "wolfssl", "wolfclu", "libuv", "llhttp", "cjson", "mimalloc"]
+PINNED = (("wolfsentry", "1.6.2"), ("wolfssl", "5.9.2"), ("wolfclu", "0.2.0"), ("libuv", "1.52.1"),
+          ("llhttp", "9.4.3"), ("cjson", "1.7.19"), ("mimalloc", "3.4.3"))
 
 
 def settings(tmp_path, platform="debian", **values):
@@ -72,8 +75,7 @@ def test_recipes_registered_with_budgets_and_parents(recipes):
         {"dev": 500, "test": 500, "build": 200, "ci": 200}
     for cls in (dev, test, build, ci):
         assert cls.description(), f"{cls.name} needs a one-line description"
-        for lib, version in (("wolfssl", "5.9.2"), ("libuv", "1.52.1"), ("llhttp", "9.4.3"),
-                             ("cjson", "1.7.19"), ("mimalloc", "3.4.3")):
+        for lib, version in PINNED:
             assert any(k.endswith(f".{lib}") and v == version for k, v in _all_labels(cls).items()), (cls, lib)
 
 
@@ -187,11 +189,15 @@ def test_users_workdirs_and_commands(tmp_path, recipes):
     assert "--cmd '[\"quick-validate\"]'" in ci_cfg
     copies = " ".join(s["summary"] for s in imgs["ocserv-modern-ci"]["steps"] if s["kind"] == "copy")
     assert "files/quick-validate → /usr/local/bin/quick-validate" in copies
-    assert "files/quick-validate.c → /usr/local/share/ocserv-modern/quick-validate.c" in copies
-    versions = next(s for s in imgs["ocserv-modern-ci"]["steps"] if "versions" in s["summary"])
-    script = run_script(versions["calls"][0])
-    for line in ("wolfssl=5.9.2", "libuv=1.52.1", "llhttp=9.4.3", "cjson=1.7.19", "mimalloc=3.4.3"):
-        assert line in script
+    assert "files/checks → /usr/local/share/ocserv-modern/checks" in copies
+    for image in ("ocserv-modern-ci", "ocserv-modern-test"):
+        table = next(s for s in imgs[image]["steps"] if "library table" in s["summary"])
+        script = run_script(table["calls"][0])
+        for lib, version in PINNED:
+            assert f"{lib}={version}" in script
+        assert "wolfsentry\t1.6.2\twolfsentry\t-" in script
+        assert "wolfclu\t0.2.0\t-\twolfssl -v" in script
+        assert "libuv\t1.52.1\tlibuv libuv-static\t-" in script
 
 
 # --- cache keys: one library's flags change only its own step and the ones after it ------------
