@@ -99,8 +99,10 @@ WOLFCLU = LibrarySpec(
         ),
     ),
     kind="autotools",  # no configure in the tag archive: autogen.sh
-    options=("--with-wolfssl=/usr/local",),
-    needs=("wolfssl",),
+    # its s_client/s_server use wolfSSL's wolfSentry glue (our wolfSSL has the hooks), so it
+    # links libwolfsentry; patches/wolfclu/0.2.0 makes them compile against wolfSentry 1.x
+    options=("--with-wolfssl=/usr/local", "LIBS=-lwolfsentry"),
+    needs=("wolfssl", "wolfsentry"),
     smoke="wolfssl -v",  # the `wolfssl` command; no library, no pkg-config module
 )
 
