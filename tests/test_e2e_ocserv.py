@@ -168,7 +168,8 @@ def test_ci_quick_validate_passes(e2e_store, ocserv):
                   "cJSON document", "cJSON round trip", "cJSON uses mimalloc", "mimalloc mi_malloc",
                   "wolfSSL version", "libuv version", "llhttp version", "cJSON version", "mimalloc version",
                   "wolfSSL wolfSentry hooks", "wolfSentry JSON policy", "wolfSentry blocks", "wolfSentry allows",
-                  "wolfSentry default", "wolfSentry version", "wolfclu runs", "wolfCLU sha256", "wolfCLU version",
+                  "wolfSentry default", "wolfSentry version", "wolfclu runs", "wolfCLU sha256", "wolfCLU sha256 (short)", "wolfCLU version",
+                  "wolfCLU links wolfSSL",
                   "pkg-config wolfsentry"):
         assert f"PASS  {check}" in out, check
     for lib in LIBS:  # every library with a check program had it compiled and run

@@ -3,7 +3,8 @@
  * The policy accepts by default, penalty-boxes (blocks) inbound TCP from 192.0.2.66 and
  * green-lists 198.51.100.7. A dispatch for 192.0.2.66 must be rejected by that route, one for
  * 198.51.100.7 accepted by its route, and one for 192.0.2.67 (the blocked address's neighbour,
- * matched by no route) accepted by the default policy. Also checks that the headers match the
+ * matched by no route) accepted by the default policy. (Protocol 6 = TCP by number: slim images
+ * have no /etc/protocols for getprotobyname.) Also checks that the headers match the
  * library's build settings and the runtime version.
  */
 #include "check.h"
@@ -17,9 +18,9 @@ static const char policy[] =
     "{ \"wolfsentry-config-version\" : 1,"
     "  \"default-policies\" : { \"default-policy\" : \"accept\" },"
     "  \"static-routes-insert\" : ["
-    "    { \"direction-in\" : true, \"penalty-boxed\" : true, \"family\" : \"inet\", \"protocol\" : \"tcp\","
+    "    { \"direction-in\" : true, \"penalty-boxed\" : true, \"family\" : \"inet\", \"protocol\" : 6,"
     "      \"remote\" : { \"address\" : \"192.0.2.66\", \"prefix-bits\" : 32 } },"
-    "    { \"direction-in\" : true, \"green-listed\" : true, \"family\" : \"inet\", \"protocol\" : \"tcp\","
+    "    { \"direction-in\" : true, \"green-listed\" : true, \"family\" : \"inet\", \"protocol\" : 6,"
     "      \"remote\" : { \"address\" : \"198.51.100.7\", \"prefix-bits\" : 32 } } ] }";
 
 static const char *verdict(wolfsentry_action_res_t res)
