@@ -60,7 +60,7 @@ int main(void)
 {
     struct wolfsentry_context *wolfsentry = NULL;
     char err[256] = "";
-    char detail[200];
+    char detail[320]; /* room for the whole error text */
     wolfsentry_errcode_t ret;
 
     check(WOLFSENTRY_IS_SUCCESS(wolfsentry_build_settings_compatible(wolfsentry_build_settings)),
