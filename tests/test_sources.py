@@ -224,6 +224,12 @@ def test_sources_cli_import_and_list(tmp_path):
     assert fetched.returncode == 0, fetched.stderr
     assert "cache:" in fetched.stdout
     assert run("fetch", "nosuchlib").returncode == 2
+    from recipes.libs import WOLFSENTRY
+
+    digest = run("digest", str(SHARED_SOURCES / "wolfsentry-1.6.2.tar.gz"), "wolfsentry-1.6.2/")
+    assert digest.returncode == 0 and digest.stdout.strip() == WOLFSENTRY.pin.tree_sha256
+    wrong = run("digest", str(SHARED_SOURCES / "wolfsentry-1.6.2.tar.gz"), "wolfsentry-1.6.1/")
+    assert wrong.returncode == 1 and "nothing below" in wrong.stderr
 
 
 # --- tree digests: pins whose upstream bytes are unknown ---------------------------------------
