@@ -55,6 +55,18 @@ SANITIZER_RUNTIMES = ("/usr/lib/x86_64-linux-gnu/lib*san.so*", "/usr/lib/gcc/*/*
 # What a release build/CI image keeps besides MIN_TOOLCHAIN and PACKAGING: binutils (ar, ld,
 # strip for LTO archives), file, xz/patch for source packages.
 RELEASE_EXTRAS = ("binutils", "file", "patch", "xz-utils")
+
+
+def protocol_names(settings) -> tuple[str, ...]:
+    """The package with /etc/protocols and /etc/services, where the base lacks it.
+
+    wolfSentry resolves protocol and port names (its JSON rules say "tcp") with
+    getprotobyname/getservbyname: its unit tests, run by its ``make install``, need them at
+    build time, and programs loading such rules at run time. Debian's slim base (debootstrap
+    minbase) has no netbase (~50 kB); the full base has it, and UBI's ``setup`` package, in
+    every UBI image, carries the files.
+    """
+    return ("netbase",) if settings.platform == "debian" else ()
 # dev starts from the full base, so packages bring docs and translations: ~37 MB of
 # /usr/share/doc and ~65 MB of /usr/share/locale (gcc, binutils, gdb messages) for dev's
 # packages. Dropped in each install layer; copyright files and man pages stay.
@@ -213,7 +225,7 @@ class ReleaseLibraries(Recipe):
     base = "slim"
 
     def steps(self):
-        yield InstallTrimmed(*BUILD_DEPS, drop=UNUSED_BUILD_FILES)
+        yield InstallTrimmed(*BUILD_DEPS, *protocol_names(self.settings), drop=UNUSED_BUILD_FILES)
         yield from build_libraries(self.settings, RELEASE)
 
 
@@ -221,7 +233,7 @@ class Build(Recipe):
     """ocserv-modern release build environment: C toolchain, packaging tools, the libraries (release)
 
     Packages (Debian names): MIN_TOOLCHAIN (gcc libc6-dev make pkgconf), binutils, file, patch,
-    xz-utils, PACKAGING (dpkg-dev rpm createrepo-c). No debuggers. The libraries are built
+    xz-utils, netbase (Debian; see protocol_names), PACKAGING (dpkg-dev rpm createrepo-c). No debuggers. The libraries are built
     with the RELEASE profile (-O3, LTO, hardening, stripped) in the :class:`ReleaseLibraries`
     stage (one layer per library, so the step cache works per library) and their /usr/local is
     copied in. Runs as ``builder`` (1000:1000). Not squashed: it is an intermediate (``ci``
@@ -246,7 +258,7 @@ class Build(Recipe):
     runtime = Runtime(user="builder", workdir="/workspace", mount_project="/workspace")
 
     def steps(self):
-        yield InstallTrimmed(*unique(MIN_TOOLCHAIN, RELEASE_EXTRAS, PACKAGING),
+        yield InstallTrimmed(*unique(MIN_TOOLCHAIN, RELEASE_EXTRAS, protocol_names(self.settings), PACKAGING),
                              drop=UNUSED_BUILD_FILES + SANITIZER_RUNTIMES)
         yield CopyFrom("libraries", "/usr/local", "/usr/local")
         yield Run("ldconfig", title="ldconfig: register the libraries in /usr/local/lib")

@@ -154,7 +154,7 @@ def test_debian_install_lines(tmp_path, recipes):
     build = installs(imgs["ocserv-modern-build"])[0].splitlines()
     assert build[0] == f"apt-get update -q --error-on=any {APT_NET_OPTS}"
     assert build[1] == (f"apt-get install -y -q --no-install-recommends {APT_NET_OPTS} binutils "
-                        "createrepo-c dpkg-dev file gcc libc6-dev make patch pkgconf rpm xz-utils")
+                        "createrepo-c dpkg-dev file gcc libc6-dev make netbase patch pkgconf rpm xz-utils")
     for forbidden in ("gdb", "valgrind", "strace", "linux-perf", "meson", "g++", "cmake"):
         assert f" {forbidden} " not in f" {build[1]} ", f"build must not install {forbidden}"
     dev = installs(imgs["ocserv-modern-dev"])

@@ -3,8 +3,8 @@
  * The policy accepts by default, penalty-boxes (blocks) inbound TCP from 192.0.2.66 and
  * green-lists 198.51.100.7. A dispatch for 192.0.2.66 must be rejected by that route, one for
  * 198.51.100.7 accepted by its route, and one for 192.0.2.67 (the blocked address's neighbour,
- * matched by no route) accepted by the default policy. (Protocol 6 = TCP by number: slim images
- * have no /etc/protocols for getprotobyname.) Also checks that the headers match the
+ * matched by no route) accepted by the default policy. (Protocol 6 = TCP, by number: the check
+ * does not depend on /etc/protocols.) Also checks that the headers match the
  * library's build settings and the runtime version.
  */
 #include "check.h"
