@@ -7,7 +7,7 @@
    ``/run/imagefactory/patches``;
 2. extracts to a temporary folder, applies ``patches/<library>/<version>/*.patch`` in name
    order with ``patch -p1``;
-3. configures (autotools / CMake / a custom script) with the profile's flags, builds with
+3. configures (autotools / CMake / GNU make / a custom script) with the profile's flags, builds with
    ``-j$(nproc)``, installs into a staging folder, strips shared objects and executables in
    release profiles, and copies the staged tree to ``/usr/local``;
 4. writes ``/usr/local/share/imagefactory/manifest.d/<library>.json`` and regenerates
@@ -38,7 +38,7 @@ PATCH_MOUNT = "/run/imagefactory/patches"
 MANIFEST_DIR = "/usr/local/share/imagefactory/manifest.d"
 MANIFEST = "/usr/local/share/imagefactory/manifest.json"
 PATCHES_ROOT = Path(__file__).resolve().parent.parent / "patches"
-KINDS = ("autotools", "cmake", "custom")
+KINDS = ("autotools", "cmake", "make", "custom")
 
 # Debian package names a BuildLibrary step needs in the image (recipes install them).
 BUILD_DEPS: tuple[str, ...] = (
@@ -83,8 +83,14 @@ class LibrarySpec:
     """A pinned library plus how to build it.
 
     kind       ``autotools`` (``./configure``; ``./autogen.sh`` first when there is no configure),
-               ``cmake``, or ``custom`` (``script`` runs in the source tree).
-    options    configure / ``-D`` options, recorded in the manifest.
+               ``cmake``, ``make`` (the project's own Makefile: ``make -j$JOBS OPTIONS`` then
+               ``make OPTIONS install`` with ``PREFIX`` and ``DESTDIR=$STAGE``), or ``custom``
+               (``script`` runs in the source tree).
+    options    configure / ``-D`` options, or make command-line variables (in which ``$CFLAGS``,
+               ``$LDFLAGS``, ``$PREFIX``, ``$STAGE``... are expanded, for Makefiles that ignore
+               the environment), recorded in the manifest.
+    needs      names of the libraries this one builds against (built before it).
+    smoke      a shell command that proves the installed library/tool runs (for image checks).
     extra_cflags / extra_ldflags  appended to the profile for this library only.
     script     the custom build; sees $CFLAGS $CXXFLAGS $LDFLAGS $EXE_LDFLAGS $PREFIX $STAGE
                $VERSION $JOBS and must install into ``$STAGE$PREFIX``.
@@ -99,12 +105,17 @@ class LibrarySpec:
     patch_root: Path | None = None  # default: the repository's patches/
     pkgconfig: tuple[str, ...] = ()  # .pc names the build must install (checked in the step)
     labels_name: str | None = None
+    needs: tuple[str, ...] = ()
+    smoke: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise StepError(f"{self.pin.library}: kind must be one of {KINDS}, got {self.kind!r}")
         if self.kind == "custom" and not self.script:
             raise StepError(f"{self.pin.library}: a custom build needs a script")
+        if self.kind == "make":
+            for option in self.options:
+                _make_arg(self.pin.library, option)
 
     @property
     def name(self) -> str:
@@ -183,7 +194,8 @@ def manifest_entry(spec: LibrarySpec, archive: FetchedArchive, patches: list[tup
         "homepage": pin.homepage,
         "archive": {"name": archive.filename, "sha256": archive.sha256,
                     "url": pin.url if archive.is_primary else None,
-                    "alternate": not archive.is_primary, "tree_root": archive.tree_root},
+                    "alternate": not archive.is_primary, "tree_root": archive.tree_root,
+                    **({"tree_sha256": pin.tree_sha256} if pin.tree_sha256 else {})},
         "patches": [{"name": name, "sha256": sha} for name, sha in patches],
         "profile": profile.name,
         "flags": profile.flags(),
@@ -314,7 +326,21 @@ def _configure_build_install(spec: LibrarySpec, profile: Profile) -> list[str]:
             'cmake --build "$W/build" -j "$JOBS"',
             'DESTDIR="$STAGE" cmake --install "$W/build"',
         ]
+    if spec.kind == "make":
+        args = " ".join(_make_arg(spec.name, o) for o in spec.options)
+        return [
+            f'make -j"$JOBS" PREFIX="$PREFIX" {args}'.rstrip(),
+            f'make PREFIX="$PREFIX" DESTDIR="$STAGE" {args} install',
+        ]
     return [spec.script.strip()]  # custom
+
+
+def _make_arg(name: str, option: str) -> str:
+    """One make argument in double quotes: ``$VAR`` expands, nothing else does."""
+    if "$(" in option or "`" in option or "${" in option:
+        raise StepError(f"{name}: make option {option!r}: only plain $NAME references are expanded "
+                        "(no $(...), ${...} or backquotes)")
+    return '"' + option.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def library_labels(libs, prefix: str = "io.imagefactory.lib.") -> dict[str, str]:

@@ -14,7 +14,15 @@ Fetch order for :func:`fetch`:
 3. the upstream URL.
 
 Downloads go to a temporary file inside the cache folder, are hashed while streaming, and
-are moved into place with one atomic rename only after the hash matched. Network errors,
+are moved into place with one atomic rename only after the hash matched.
+
+A pin may also carry ``tree_sha256``, the :func:`tree_digest` of the release tree (the files
+below ``tree_root``). It does not depend on compression or tar metadata, so it verifies an
+archive whose byte digest is not known (an upstream ``git archive`` tarball regenerated with
+other gzip bytes): bytes that match no pinned sha256 are accepted only if their tree matches.
+Such an archive is cached under ``<source_cache>/tree-<tree_sha256>/<filename>`` next to a
+``<filename>.verified`` sidecar (JSON: sha256 of the verified bytes, re-checked on every hit,
+and the tree root it was verified at). Network errors,
 HTTP 5xx and truncated transfers are retried with exponential backoff (tenacity); 404 moves
 on to the next candidate; a hash mismatch is a hard :class:`SourceError` naming the file and
 both digests, and the bytes are thrown away.
@@ -25,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import json
 import os
 import tempfile
 import urllib.error
@@ -68,10 +77,13 @@ class Alternate:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One acceptable archive of a pin: the primary or an alternate."""
+    """One acceptable archive of a pin: the primary or an alternate.
+
+    ``sha256`` is None for a primary whose bytes are not known (pinned by its tree only).
+    """
 
     filename: str
-    sha256: str
+    sha256: str | None
     tree_root: str
     primary: bool
 
@@ -82,19 +94,21 @@ class SourcePin:
     version: str
     license: str  # SPDX expression
     url: str  # upstream download URL of the primary archive
-    sha256: str
+    sha256: str | None  # None only with tree_sha256: the upstream bytes are not known
     filename: str
     tree_root: str
     purl: str
     alternates: tuple[Alternate, ...] = ()
     homepage: str | None = None
+    tree_sha256: str | None = None  # tree_digest() of the release tree; verifies any archive of it
 
     def __post_init__(self) -> None:
-        if not self.sha256:
+        if not self.sha256 and not self.tree_sha256:
             raise ValueError(f"source pin {self.library} {self.version} has no sha256: every archive must be "
-                             f"pinned by its digest; add sha256=\"$(sha256sum {self.filename or 'ARCHIVE'})\"")
-        for sha in (self.sha256, *(a.sha256 for a in self.alternates)):
-            if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+                             f"pinned by its digest; add sha256=\"$(sha256sum {self.filename or 'ARCHIVE'})\" "
+                             f"or tree_sha256=\"$(imagefactory sources digest ARCHIVE --root TOP/)\"")
+        for sha in (self.sha256, self.tree_sha256, *(a.sha256 for a in self.alternates)):
+            if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
                 raise ValueError(f"{self.library} {self.version}: {sha!r} is not a lowercase sha256 hex digest")
         _PINS[(self.library, self.version)] = self
 
@@ -108,6 +122,10 @@ class SourcePin:
 
     def by_sha256(self, sha: str) -> Candidate | None:
         return next((c for c in self.candidates() if c.sha256 == sha), None)
+
+    def tree_roots(self) -> list[str]:
+        """Where the release tree may sit inside an archive of this pin (primary's first)."""
+        return list(dict.fromkeys(c.tree_root for c in self.candidates()))
 
 
 _PINS: dict[tuple[str, str], SourcePin] = {}
@@ -131,6 +149,7 @@ class FetchedArchive:
     sha256: str
     tree_root: str
     url_used: str  # where the bytes came from ("cache:" + original source when from the cache)
+    tree_verified: bool = False  # accepted by its tree digest (bytes not pinned)
 
     @property
     def folder(self) -> Path:
@@ -138,7 +157,8 @@ class FetchedArchive:
 
     @property
     def is_primary(self) -> bool:
-        return self.sha256 == self.pin.sha256
+        """The upstream artifact: its pinned bytes, or other bytes of the pinned tree under its name."""
+        return self.tree_verified or self.sha256 == self.pin.sha256
 
 
 @dataclass
@@ -171,9 +191,15 @@ class Sources:
     def cache_path(self, c: Candidate) -> Path:
         return self.cache / c.sha256 / c.filename
 
+    def tree_cache_path(self, pin: SourcePin) -> Path:
+        """Where an archive accepted by its tree digest is kept (the primary's file name)."""
+        return self.cache / f"tree-{pin.tree_sha256}" / pin.filename
+
     def cached(self, pin: SourcePin) -> FetchedArchive | None:
         """The first pinned archive already in the cache whose bytes still match; no network."""
         for c in pin.candidates():
+            if c.sha256 is None:
+                continue
             path = self.cache_path(c)
             if not path.is_file():
                 continue
@@ -182,6 +208,19 @@ class Sources:
                 return FetchedArchive(pin, path, c.filename, c.sha256, c.tree_root, f"cache:{c.filename}")
             self.log(f"cache entry {path} is corrupt (sha256 {actual}); removing it")
             path.unlink(missing_ok=True)
+        if pin.tree_sha256:
+            path = self.tree_cache_path(pin)
+            record = _read_sidecar(path)
+            if path.is_file() and record:
+                actual = self._digest(path)
+                if actual == record["sha256"]:
+                    return FetchedArchive(pin, path, pin.filename, actual, record["tree_root"],
+                                          f"cache:{pin.filename}", tree_verified=True)
+                self.log(f"cache entry {path} is corrupt (sha256 {actual}, verified as {record['sha256']}); "
+                         "removing it")
+            if path.is_file() or record:
+                path.unlink(missing_ok=True)
+                _sidecar(path).unlink(missing_ok=True)
         return None
 
     # -- fetch -----------------------------------------------------------------
@@ -206,24 +245,25 @@ class Sources:
 
     def _try(self, pin: SourcePin, c: Candidate, url: str, tried: list[str]) -> FetchedArchive | None:
         try:
-            path = self._download(url, c)
+            got = self._download(url, pin, c)
         except _NotFound as exc:
             tried.append(f"{url} ({exc})")
             return None
         except _Transient as exc:
             tried.append(f"{url} ({exc}, after {self.retry.attempts} attempts)")
             return None
-        self.log(f"{pin.library} {pin.version}: {c.filename} from {url}")
-        return FetchedArchive(pin, path, c.filename, c.sha256, c.tree_root, url)
+        how = " (verified by its tree digest)" if got.tree_verified else ""
+        self.log(f"{pin.library} {pin.version}: {got.filename} from {url}{how}")
+        return got
 
-    def _download(self, url: str, c: Candidate) -> Path:
+    def _download(self, url: str, pin: SourcePin, c: Candidate) -> FetchedArchive:
         local = _local_path(url)
         if local is not None:
             if not local.is_file():
                 raise _NotFound("no such file")
-            return self._store(lambda out: _copy_stream(local.open("rb"), out, None), c, url)
+            return self._store(lambda out: _copy_stream(local.open("rb"), out, None), pin, c, url)
         retrying = self.retry.retrying(lambda exc: isinstance(exc, _Transient))
-        return retrying(self._store, lambda out: self._http_get(url, out), c, url)
+        return retrying(self._store, lambda out: self._http_get(url, out), pin, c, url)
 
     def _http_get(self, url: str, out) -> None:
         req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
@@ -240,8 +280,12 @@ class Sources:
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as exc:
             raise _Transient(f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}") from None
 
-    def _store(self, produce: Callable, c: Candidate, url: str) -> Path:
-        """Write to a temp file in the cache, hash while writing, rename into place only on a match."""
+    def _store(self, produce: Callable, pin: SourcePin, c: Candidate, url: str) -> FetchedArchive:
+        """Write to a temp file in the cache, hash while writing, rename into place only on a match.
+
+        Accepted: bytes with the sha256 of any of the pin's archives, or, if the pin has a
+        ``tree_sha256``, bytes whose unpacked tree matches it. Anything else is a hard error.
+        """
         self.cache.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".partial-{c.filename}.p{os.getpid()}.", dir=self.cache)
         tmp = Path(tmp_name)
@@ -252,40 +296,65 @@ class Sources:
                 raw.flush()
                 os.fsync(raw.fileno())
             actual = out.hexdigest()
-            if actual != c.sha256:
+            os.chmod(tmp, 0o644)
+            known = pin.by_sha256(actual)
+            if known is not None:
+                dest = self.cache_path(known)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, dest)
+                return FetchedArchive(pin, dest, known.filename, actual, known.tree_root, url)
+            if not pin.tree_sha256:
                 raise SourceError(f"sha256 mismatch for {c.filename} from {url}: expected {c.sha256}, "
                                   f"got {actual}; the file was not cached")
-            dest = self.cache_path(c)
+            root, found = match_tree(tmp, pin)
+            if root is None:
+                raise SourceError(f"{pin.library} {pin.version}: {c.filename} from {url} matches no pinned archive "
+                                  f"(sha256 {actual}) and its tree does not match the pin: expected tree digest "
+                                  f"{pin.tree_sha256}, got {found}; the file was not cached")
+            dest = self.tree_cache_path(pin)
             dest.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(tmp, 0o644)
+            _sidecar(dest).write_text(json.dumps({"sha256": actual, "tree_root": root, "from": url}) + "\n")
             os.replace(tmp, dest)
-            return dest
+            return FetchedArchive(pin, dest, pin.filename, actual, root, url, tree_verified=True)
         finally:
             tmp.unlink(missing_ok=True)
 
     # -- import / status ---------------------------------------------------------
     def import_dir(self, folder: str | Path, pins: Iterable[SourcePin] | None = None) -> ImportResult:
-        """Seed the cache from a folder: a file is accepted only if its sha256 is a known pin's."""
+        """Seed the cache from a folder: a file is accepted only if its sha256 is a known pin's,
+        or its unpacked tree matches a pin's ``tree_sha256`` (whatever the file is called)."""
         folder = Path(folder)
         if not folder.is_dir():
             raise SourceError(f"{folder} is not a folder")
+        pins = list(pins if pins is not None else known_pins())
         known: dict[str, tuple[SourcePin, Candidate]] = {}
-        for pin in pins if pins is not None else known_pins():
+        for pin in pins:
             for c in pin.candidates():
-                known[c.sha256] = (pin, c)
+                if c.sha256:
+                    known[c.sha256] = (pin, c)
+        by_tree = [pin for pin in pins if pin.tree_sha256]
         result = ImportResult()
         for path in sorted(p for p in folder.iterdir() if p.is_file()):
             sha = sha256_file(path)
             match = known.get(sha)
             if match is None:
-                result.refused.append((path.name, f"sha256 {sha} matches no pinned archive"))
-                continue
+                pin = next((p for p in by_tree if match_tree(path, p)[0] is not None), None)
+                if pin is None:
+                    why = "matches no pinned archive" + (" nor any pinned tree" if by_tree else "")
+                    result.refused.append((path.name, f"sha256 {sha} {why}"))
+                    continue
+                match = (pin, pin.candidates()[0])
             pin, c = match
             what = f"{pin.library} {pin.version}"
-            if self.cache_path(c).is_file() and self._digest(self.cache_path(c)) == sha:
+            if c.sha256 is None:
+                record = _read_sidecar(self.tree_cache_path(pin))
+                cached = bool(record) and record["sha256"] == sha and self.tree_cache_path(pin).is_file()
+            else:
+                cached = self.cache_path(c).is_file() and self._digest(self.cache_path(c)) == sha
+            if cached:
                 result.already.append((path.name, what))
                 continue
-            self._store(lambda out, p=path: _copy_stream(p.open("rb"), out, None), c, str(path))
+            self._store(lambda out, p=path: _copy_stream(p.open("rb"), out, None), pin, c, str(path))
             result.imported.append((path.name, what))
         return result
 
@@ -295,7 +364,7 @@ class Sources:
             hit = self.cached(pin)
             rows.append({"library": pin.library, "version": pin.version, "license": pin.license,
                          "cached": hit is not None, "archive": hit.filename if hit else None,
-                         "sha256": hit.sha256 if hit else pin.sha256,
+                         "sha256": hit.sha256 if hit else pin.sha256, "tree_sha256": pin.tree_sha256,
                          "alternate": bool(hit and not hit.is_primary), "path": str(hit.path) if hit else None,
                          "upstream_url": pin.url})
         return rows
@@ -347,6 +416,101 @@ def _local_path(url: str) -> Path | None:
     return Path(url)
 
 
+TREE_DIGEST_VERSION = "imagefactory-tree-v1"
+
+
+def tree_digest(archive: str | Path, root: str) -> str:
+    """A digest of the release tree inside a tar archive, independent of compression and tar metadata.
+
+    ``imagefactory-tree-v1``, over every entry below ``root`` (a folder inside the archive,
+    e.g. ``wolfsentry-1.6.2/``; the root itself and anything outside it are ignored):
+
+    * one line per regular file or symlink: ``<kind> <sha256> <path>\\n`` where ``path`` is
+      relative to ``root`` with ``/`` separators; ``kind`` is ``x`` for a file with any
+      execute bit set, ``f`` for any other file (the sha256 is of its bytes), ``l`` for a
+      symlink (the sha256 is of its target string, UTF-8); a hard link counts as the file
+      it links to;
+    * directories are not recorded (git, and so ``git archive``, has no empty folders);
+      owners, times, other mode bits, tar headers and the compression are ignored;
+    * lines sorted by the UTF-8 bytes of ``path``; the digest is the sha256 (hex) of
+      ``imagefactory-tree-v1\\n`` followed by the lines.
+
+    Refused (:class:`SourceError`): absolute or ``..`` paths, paths with a newline, devices
+    and FIFOs, an archive with nothing below ``root``, or a file that is not a tar archive.
+    Like Go's module hash (``h1:``) or Nix's NAR hash, the same tree gives the same digest
+    whether it comes as ``.tar.gz`` from GitHub, as ``.tar.xz`` or re-packed by ``git archive``.
+    """
+    import tarfile
+
+    root = root.strip("/") + "/"
+    entries: dict[str, str] = {}
+    try:
+        tar = tarfile.open(archive)
+    except (tarfile.TarError, OSError) as exc:
+        raise SourceError(f"{archive}: not a readable tar archive ({exc})") from None
+    with tar:
+        try:
+            for m in tar:
+                name = m.name[2:] if m.name.startswith("./") else m.name
+                if not name.startswith(root):
+                    continue
+                rel = name[len(root):].rstrip("/")
+                if not rel:
+                    continue
+                if name.startswith("/") or ".." in rel.split("/") or "\n" in rel:
+                    raise SourceError(f"{archive}: unsafe path {m.name!r}")
+                if m.isdir():
+                    continue
+                if m.issym():
+                    entries[rel] = f"l {hashlib.sha256(m.linkname.encode()).hexdigest()} {rel}\n"
+                elif m.isfile() or m.islnk():
+                    f = tar.extractfile(m)
+                    if f is None:
+                        raise SourceError(f"{archive}: cannot read {m.name!r}")
+                    h = hashlib.sha256()
+                    for chunk in iter(lambda f=f: f.read(CHUNK), b""):
+                        h.update(chunk)
+                    kind = "x" if m.mode & 0o111 else "f"
+                    entries[rel] = f"{kind} {h.hexdigest()} {rel}\n"
+                else:
+                    raise SourceError(f"{archive}: {m.name!r} is neither a file, a folder nor a symlink")
+        except (tarfile.TarError, OSError, EOFError, KeyError) as exc:
+            raise SourceError(f"{archive}: broken tar archive ({exc})") from None
+    if not entries:
+        raise SourceError(f"{archive}: nothing below {root!r} (wrong tree root?)")
+    h = hashlib.sha256(f"{TREE_DIGEST_VERSION}\n".encode())
+    for rel in sorted(entries, key=lambda r: r.encode()):
+        h.update(entries[rel].encode())
+    return h.hexdigest()
+
+
+def match_tree(archive: Path, pin: SourcePin) -> tuple[str | None, str]:
+    """(the tree root at which ``archive`` holds the pin's tree, or None; what was found, for errors)."""
+    found = []
+    for root in pin.tree_roots():
+        try:
+            digest = tree_digest(archive, root)
+        except SourceError as exc:
+            found.append(f"{root}: {str(exc).removeprefix(str(archive) + ': ')}")
+            continue
+        if digest == pin.tree_sha256:
+            return root, digest
+        found.append(f"{digest} at {root}")
+    return None, "; ".join(found)
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".verified")
+
+
+def _read_sidecar(path: Path) -> dict | None:
+    try:
+        record = json.loads(_sidecar(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and {"sha256", "tree_root"} <= record.keys() else None
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -385,5 +549,5 @@ def clear_partial(cache: str | Path) -> int:
 
 
 __all__ = ["Alternate", "FetchedArchive", "ImportResult", "RetryPolicy", "SourceError", "SourcePin", "Sources",
-           "fetch", "import_dir", "known_pins", "list_status", "sha256_file"]
+           "fetch", "import_dir", "known_pins", "list_status", "match_tree", "sha256_file", "tree_digest"]
 

@@ -31,7 +31,7 @@ Left out on purpose:
   ``imagefactory verify`` checks PIE on every installed executable.
 * ``-Werror`` globally: warnings differ between compiler versions; a new GCC must not
   break a pinned release. (cJSON adds its own ``-Werror`` and is known to pass.)
-* ``-fstrict-flex-arrays=3``: not validated against all five releases (wolfSSL sizes its
+* ``-fstrict-flex-arrays=3``: not validated against all the pinned releases (wolfSSL sizes its
   ``sp_int`` buffers through trailing digit arrays whose declared length differs from the
   allocation); a recipe can add it per library with ``profile.with_(extra_cflags=[...])``.
 * ``-Wl,-z,nodlopen``: these are shared libraries that applications may ``dlopen``.

@@ -1,25 +1,6 @@
 """The four ocserv-modern images: dev → test, and build → ci.
 
-==========  ======================  ======  ===========  ====================================
-target      image                   base    budget (MB)  what it is for
-                                            debian/ubi9
-==========  ======================  ======  ===========  ====================================
-``dev``     ocserv-modern-dev       full    805/500      developer shell: full toolchain,
-                                                         debuggers, ocserv build deps, the
-                                                         five libs (DEBUG)
-``test``    ocserv-modern-test      dev     860/500      unit tests + coverage of /workspace
-                                                         (``run-tests``), frameworks, net tools
-``build``   ocserv-modern-build     slim    295/200      release builds and packaging: C
-                                                         toolchain, the platform's packaging
-                                                         tools, the libs (RELEASE)
-``ci``      ocserv-modern-ci        build   295/200      CI runner scripts + ``quick-validate``
-==========  ======================  ======  ===========  ====================================
-
-Budgets are per platform: ``ubi9`` keeps 500/200; on Debian each is the image's measured size
-plus at most 5 % (the breakdowns are in the class docstrings), so ``verify --size`` catches
-growth. No layer holds docs, man pages or locales: the Debian base tells dpkg to skip them
-before the first package is unpacked, dnf runs with ``--nodocs``.
-
+==========  ======================  ======  ===========  =============================
 Every library is its own layer (one :class:`~imagefactory.libraries.BuildLibrary` step each)
 in the intermediate images ``dev`` and ``build``; the leaves ``test`` and ``ci`` are squashed.
 
@@ -45,15 +26,14 @@ from imagefactory.recipe import Recipe, RecipeError, Runtime
 from imagefactory.steps import AddUser, Config, Copy, CopyFrom, Install, Rendered, Run, RunCall, User
 from imagefactory.toolchain import DEBUG, RELEASE, Profile
 
-from .libs import ALL, CJSON, LIBUV, LLHTTP, MIMALLOC, WOLFSSL
+from .libs import ALL
 from .packages import (DEBUG_TOOLS, MIN_TOOLCHAIN, NATIVE_PACKAGING, OCSERV_BUILD_DEPS, RPM_PACKAGING, TEST_TOOLS,
                        TOOLCHAIN)
 
 SHARE = "/usr/local/share/ocserv-modern"
-VERSIONS_FILE = f"{SHARE}/versions"
-
-# name in the versions file / quick-validate's EXPECT_<NAME> → library spec
-EXPECTED = {"wolfssl": WOLFSSL, "libuv": LIBUV, "llhttp": LLHTTP, "cjson": CJSON, "mimalloc": MIMALLOC}
+VERSIONS_FILE = f"{SHARE}/versions"  # name=version per library: quick-validate's EXPECT_<NAME>
+LIBRARIES_FILE = f"{SHARE}/libraries"  # name, version, pkg-config modules, smoke command (tab-separated)
+CHECKS_DIR = f"{SHARE}/checks"  # recipes/files/checks: check.h + <library>.c / <library>.sh
 
 # Files a build never runs: dropped in the same layer that installs them, so they cost nothing.
 # lto-dump is gcc's LTO bytecode inspector (~32 MB; -flto itself needs lto1, which stays);
@@ -74,6 +54,18 @@ RELEASE_EXTRAS = ("binutils", "file", "patch", "xz-utils")
 # rpm tooling on Debian is opt-in (recipes/packages.py, NATIVE_PACKAGING): a settings value turns it on.
 RPM_SETTING = "ocserv.packaging.rpm"
 _YES, _NO = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def protocol_names(settings) -> tuple[str, ...]:
+    """The package with /etc/protocols and /etc/services, where the base lacks it.
+
+    wolfSentry resolves protocol and port names (its JSON rules say "tcp") with
+    getprotobyname/getservbyname: its unit tests, run by its ``make install``, need them at
+    build time, and programs loading such rules at run time. Debian's slim base (debootstrap
+    minbase) has no netbase (~50 kB); the full base has it, and UBI's ``setup`` package, in
+    every UBI image, carries the files.
+    """
+    return ("netbase",) if settings.platform == "debian" else ()
 
 
 def unique(*groups: tuple[str, ...]) -> tuple[str, ...]:
@@ -118,24 +110,50 @@ def library_profile(settings, spec: LibrarySpec, profile: Profile) -> Profile:
     return profile.with_(extra_cflags=cflags, extra_cxxflags=cflags, extra_ldflags=ldflags)
 
 
-def build_libraries(settings, profile: Profile):
-    """One BuildLibrary step (one layer) per library, in dependency-free pin order."""
-    for spec in ALL:
+def build_libraries(settings, profile: Profile, libs=ALL):
+    """One BuildLibrary step (one layer) per library, in build order (dependencies first)."""
+    for spec in libs:
         yield BuildLibrary(spec, library_profile(settings, spec, profile))
 
 
-def versions_step() -> Run:
-    """Bake the pinned versions into the image for quick-validate (key changes with any pin)."""
-    lines = "\n".join(f"{name}={spec.version}" for name, spec in EXPECTED.items())
-    return Run(f"mkdir -p {SHARE}\ncat > {VERSIONS_FILE} <<'EOF'\n{lines}\nEOF\nchmod 0644 {VERSIONS_FILE}",
-               title=f"expected library versions → {VERSIONS_FILE}")
+def library_table(libs=ALL) -> str:
+    """The library table: ``name<TAB>version<TAB>modules<TAB>smoke``, ``-`` for none."""
+    rows = ["# name\tversion\tpkg-config modules\tsmoke command (written from recipes/libs.py)"]
+    for spec in libs:
+        modules = " ".join(pc.removesuffix(".pc") for pc in spec.pkgconfig) or "-"
+        smoke = spec.smoke or "-"
+        if "\t" in smoke or "\n" in smoke:
+            raise ValueError(f"recipes/libs.py: {spec.name}'s smoke command must be one line without tabs")
+        rows.append(f"{spec.name}\t{spec.version}\t{modules}\t{smoke}")
+    return "\n".join(rows) + "\n"
+
+
+def library_table_step(libs=ALL) -> Run:
+    """Bake versions and the library table into the image (the key changes with any pin or spec)."""
+    versions = "".join(f"{spec.name}={spec.version}\n" for spec in libs)
+    script = (f"mkdir -p {SHARE}\n"
+              f"cat > {VERSIONS_FILE} <<'EOF'\n{versions}EOF\n"
+              f"cat > {LIBRARIES_FILE} <<'EOF'\n{library_table(libs)}EOF\n"
+              f"chmod 0644 {VERSIONS_FILE} {LIBRARIES_FILE}")
+    return Run(script, title=f"library table → {LIBRARIES_FILE}, {VERSIONS_FILE}")
+
+
+def quick_validate_steps(libs=ALL, files: str = "files", checks: str | None = None):
+    """quick-validate, the per-library check programs and the library table.
+
+    ``files``/``checks``: where the script and the check programs are (relative to the recipe's
+    folder, or absolute: a recipe elsewhere can reuse them with its own checks).
+    """
+    yield Copy(checks or f"{files}/checks", CHECKS_DIR)
+    yield Copy(f"{files}/quick-validate", "/usr/local/bin/quick-validate", mode="0755")
+    yield library_table_step(libs)
 
 
 LIBRARY_LABELS = library_labels(ALL)
 
 
 class Dev(Recipe):
-    """ocserv-modern development shell: C toolchain, debuggers, ocserv deps, the five libraries (debug)
+    """ocserv-modern development shell: C toolchain, debuggers, ocserv deps, the libraries (debug)
 
     Packages (Debian names; see recipes/packages.py for the reasons per package):
       TOOLCHAIN          gcc g++ libc6-dev make cmake meson ninja-build autoconf automake libtool-bin
@@ -144,8 +162,9 @@ class Dev(Recipe):
       OCSERV_BUILD_DEPS  libpam0g-dev libseccomp-dev liblz4-dev libreadline-dev libnl-route-3-dev
                          libprotobuf-c-dev protobuf-c-compiler libtalloc-dev gperf libev-dev
                          libradcli-dev libkrb5-dev liboath-dev libmaxminddb-dev
-    plus the libraries' BUILD_DEPS, then wolfSSL, libuv, llhttp, cJSON, mimalloc built with the
-    DEBUG profile (-O2 -g, hardening flags, unstripped) into /usr/local, one layer each.
+    plus the libraries' BUILD_DEPS, then every library of recipes/libs.py (wolfSentry, wolfSSL,
+    wolfCLU, libuv, llhttp, cJSON, mimalloc) built with the DEBUG profile (-O2 -g, hardening
+    flags, unstripped) into /usr/local, one layer each, dependencies first.
     Runs as ``developer`` (1000:1000), who owns /workspace.
 
     Size on Debian 13, as ``buildah images`` reports it: 769 MB measured, budget 805 (+4.7 %).
@@ -159,7 +178,9 @@ class Dev(Recipe):
       OCSERV_BUILD_DEPS                       19.3 MB
       DEBUG_TOOLS                            155.0 MB  valgrind ~84 + libc6-dbg 17 (valgrind
                                                        depends on it), linux-perf ~22, gdb ~12
-      the five DEBUG libraries               24.7 MB  wolfSSL 16.2 (unstripped, -g)
+      the seven DEBUG libraries              ~41 MB  wolfSSL 26.9 (unstripped, -g; its wolfCLU and
+                                                       wolfSentry options add ~11), wolfSentry 3.2,
+                                                       wolfCLU 1.6 (five libraries: 24.7 MB)
     No docs, man pages or locales in any layer (the base's dpkg filters); CMake's offline help
     is dropped in the layer that installs it.
     """
@@ -187,8 +208,8 @@ class Test(Dev):
     /usr/local/bin/run-tests (the default command): a project mounted at /workspace
     (Makefile, meson.build, CMakeLists.txt or configure) is built with --coverage, its tests
     run, and gcovr writes HTML, Cobertura XML and a text summary to $TEST_RESULTS
-    (default /workspace/coverage). With nothing mounted it compiles the five-library
-    self-test with coverage, runs it and says that it did.
+    (default /workspace/coverage). With nothing mounted it runs quick-validate's check
+    programs (every library's) compiled with coverage, and says that it did.
 
     Size on Debian 13: 822 MB measured, budget 860 (+4.6 %); was 843 MB. It is ``dev`` (769 MB)
     squashed plus TEST_TOOLS, 53 MB: lcov's perl modules (DateTime's time zone data) ~28 MB,
@@ -203,15 +224,13 @@ class Test(Dev):
     def steps(self):
         yield User("root")  # dev's image runs as developer; installing needs root
         yield Install(*TEST_TOOLS)
-        yield Copy("files/quick-validate.c", f"{SHARE}/quick-validate.c", mode="0644")
-        yield Copy("files/quick-validate", "/usr/local/bin/quick-validate", mode="0755")
+        yield from quick_validate_steps()
         yield Copy("files/run-tests", "/usr/local/bin/run-tests", mode="0755")
-        yield versions_step()
         yield Config(user="developer", workdir="/workspace", cmd=["run-tests"])
 
 
 class ReleaseLibraries(Recipe):
-    """Stage: the five libraries built with the RELEASE profile, one layer each (not shipped)
+    """Stage: the libraries built with the RELEASE profile, one layer each (not shipped)
 
     The stage holds what only the library builds need (g++ for mimalloc, cmake, autotools);
     ``build`` copies just the resulting /usr/local, so none of that toolchain ships.
@@ -222,17 +241,17 @@ class ReleaseLibraries(Recipe):
     base = "slim"
 
     def steps(self):
-        yield InstallTrimmed(*BUILD_DEPS, drop=UNUSED_BUILD_FILES)
+        yield InstallTrimmed(*BUILD_DEPS, *protocol_names(self.settings), drop=UNUSED_BUILD_FILES)
         yield from build_libraries(self.settings, RELEASE)
 
 
 class Build(Recipe):
-    """ocserv-modern release build environment: C toolchain, packaging tools, the five libraries (release)
+    """ocserv-modern release build environment: C toolchain, packaging tools, the libraries (release)
 
     Packages (Debian names): MIN_TOOLCHAIN (gcc libc6-dev make pkgconf), binutils, file, patch,
     xz-utils and the platform's own packaging tools: dpkg-dev on Debian, rpm-build and
     createrepo_c on UBI (rpm and createrepo-c on Debian only with ``--set ocserv.packaging.rpm=1``).
-    No debuggers. The five libraries are built with the RELEASE profile (-O3, LTO, hardening,
+    netbase (Debian; see protocol_names). No debuggers. The libraries are built with the RELEASE profile (-O3, LTO, hardening,
     stripped) in the :class:`ReleaseLibraries` stage (one layer per library, so the step cache
     works per library) and their /usr/local is copied in. Runs as ``builder`` (1000:1000). Not
     squashed: it is an intermediate (``ci`` builds on it), and with nothing deleted in a later
@@ -245,7 +264,9 @@ class Build(Recipe):
                                                      perl for dpkg-dev 53, libc6-dev + kernel
                                                      headers ~33, binutils ~20, file's magic 10,
                                                      libgcc/crt 8, the rest of /usr/bin 11
-      the five libraries (/usr/local)       16.3 MB
+      the seven libraries (/usr/local)     ~26 MB  wolfSSL 18.5 (its wolfCLU/wolfSentry
+                                                     options add 7.5), wolfSentry 2.2,
+                                                     wolfCLU 0.4 (five libraries: 16.3 MB)
     Dropped in the install layer (no build runs them): gcc's lto-dump, the sanitizer runtimes,
     binutils' gprofng. Opting in to rpm tooling adds 28 MB (311 MB measured): a recipe that
     does so declares its own budget (subclass ``Build``).
@@ -260,7 +281,8 @@ class Build(Recipe):
     runtime = Runtime(user="builder", workdir="/workspace", mount_project="/workspace")
 
     def steps(self):
-        yield InstallTrimmed(*unique(MIN_TOOLCHAIN, RELEASE_EXTRAS, packaging_tools(self.settings)),
+        yield InstallTrimmed(*unique(MIN_TOOLCHAIN, RELEASE_EXTRAS, protocol_names(self.settings),
+                                     packaging_tools(self.settings)),
                              drop=UNUSED_BUILD_FILES + SANITIZER_RUNTIMES + PROFILER_FILES)
         yield CopyFrom("libraries", "/usr/local", "/usr/local")
         yield Run("ldconfig", title="ldconfig: register the libraries in /usr/local/lib")
@@ -269,12 +291,14 @@ class Build(Recipe):
 
 
 class Ci(Build):
-    """ocserv-modern CI runner: quick-validate (all five libraries, versions) and ci-build on PATH
+    """ocserv-modern CI runner: quick-validate (every library, versions), ci-build and ci-env on PATH
 
-    /usr/local/bin/quick-validate compiles /usr/local/share/ocserv-modern/quick-validate.c
-    against wolfSSL, libuv, llhttp, cJSON and mimalloc, runs it (HTTP request → JSON,
-    SHA-256 + TLS 1.3 context, a libuv timer, mimalloc allocations) and checks every
-    library's version against the pins baked into /usr/local/share/ocserv-modern/versions.
+    /usr/local/bin/quick-validate reads the library table baked from recipes/libs.py
+    (/usr/local/share/ocserv-modern/libraries), checks each library's pkg-config modules and
+    smoke command, then compiles and runs its check program from .../checks (wolfSentry
+    blocking one address and allowing another, SHA-256 + TLS 1.3 + wolfSentry hooks in wolfSSL,
+    wolfCLU's hash against sha256sum, a libuv timer, an HTTP request → JSON, cJSON on mimalloc)
+    and checks every library's version against the pins in .../versions.
     /usr/local/bin/ci-build builds and tests the project at /workspace (autotools, meson,
     CMake or make) with the release flags and collects artifacts in $CI_ARTIFACTS.
 
@@ -288,13 +312,11 @@ class Ci(Build):
 
     def steps(self):
         yield User("root")  # build's image runs as builder
-        yield Copy("files/quick-validate.c", f"{SHARE}/quick-validate.c", mode="0644")
-        yield Copy("files/quick-validate", "/usr/local/bin/quick-validate", mode="0755")
+        yield from quick_validate_steps()
         yield Copy("files/ci-build", "/usr/local/bin/ci-build", mode="0755")
         yield Copy("files/ci-env", "/usr/local/bin/ci-env", mode="0755")
-        yield versions_step()
         yield Config(user="builder", workdir="/workspace", cmd=["quick-validate"])
 
 
-__all__ = ["Build", "Ci", "Dev", "EXPECTED", "InstallTrimmed", "Test", "library_profile", "packaging_tools",
-           "unique"]
+__all__ = ["Build", "Ci", "Dev", "InstallTrimmed", "Test", "build_libraries", "library_profile", "library_table",
+           "packaging_tools", "quick_validate_steps", "unique"]

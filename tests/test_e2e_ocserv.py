@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
+from recipes.libs import ALL
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.buildah, pytest.mark.xdist_group("e2e")]
 
@@ -23,7 +24,7 @@ TARGETS = ("dev", "test", "build", "ci")
 IMAGES = {"dev": "ocserv-modern-dev", "test": "ocserv-modern-test", "build": "ocserv-modern-build",
           "ci": "ocserv-modern-ci"}
 USERS = {"dev": "developer", "test": "developer", "build": "builder", "ci": "builder"}
-LIBS = ("wolfssl", "libuv", "llhttp", "cjson", "mimalloc")
+LIBS = tuple(lib.name for lib in ALL)  # build order: wolfsentry, wolfssl, wolfclu, libuv, llhttp, cjson, mimalloc
 SAMPLE = REPO / "tests" / "data" / "sample-project"
 def build(store, *targets: str, report: Path, extra: tuple[str, ...] = ()) -> dict:
     store.cli("build", *targets, "--jobs", "2", "--report", str(report), *extra, timeout=3 * 3600)
@@ -178,8 +179,8 @@ def test_labels_carry_library_versions(e2e_store, ocserv):
     for t in TARGETS:
         labels = image_config(e2e_store, IMAGES[t]).get("Labels") or {}
         versions = {k.rsplit(".", 1)[-1]: v for k, v in labels.items() if k.startswith("io.imagefactory.lib.")}
-        assert versions == {"wolfssl": "5.9.2", "libuv": "1.52.1", "llhttp": "9.4.3", "cjson": "1.7.19",
-                            "mimalloc": "3.4.3"}, t
+        assert versions == {"wolfsentry": "1.6.2", "wolfssl": "5.9.2", "wolfclu": "0.2.0", "libuv": "1.52.1",
+                            "llhttp": "9.4.3", "cjson": "1.7.19", "mimalloc": "3.4.3"}, t
         assert labels.get("org.opencontainers.image.title") == IMAGES[t]
 
 
@@ -190,15 +191,22 @@ def test_ci_quick_validate_passes(e2e_store, ocserv):
     assert proc.returncode == 0, f"{out}\n{proc.stderr}"
     assert "FAIL" not in out.replace("0 check(s) failed", "")
     for check in ("wolfSSL SHA-256", "wolfSSL TLS 1.3 context", "libuv timer", "llhttp parse request",
-                  "cJSON document", "cJSON uses mimalloc", "mimalloc mi_malloc", "wolfSSL version",
-                  "libuv version", "llhttp version", "cJSON version", "mimalloc version"):
+                  "cJSON document", "cJSON round trip", "cJSON uses mimalloc", "mimalloc mi_malloc",
+                  "wolfSSL version", "libuv version", "llhttp version", "cJSON version", "mimalloc version",
+                  "wolfSSL wolfSentry hooks", "wolfSentry JSON policy", "wolfSentry blocks", "wolfSentry allows",
+                  "wolfSentry default", "wolfSentry version", "wolfclu runs", "wolfCLU sha256", "wolfCLU sha256 (short)", "wolfCLU version",
+                  "wolfCLU links wolfSSL",
+                  "pkg-config wolfsentry"):
         assert f"PASS  {check}" in out, check
+    for lib in LIBS:  # every library with a check program had it compiled and run
+        if (REPO / "recipes" / "files" / "checks" / f"{lib}.c").exists():
+            assert f"PASS  compile {lib}.c" in out, lib
     assert out.rstrip().endswith("quick-validate: PASS")
 
 
 def test_quick_validate_fails_on_a_wrong_version(e2e_store, ocserv, tmp_path):
     versions = tmp_path / "versions"
-    versions.write_text("wolfssl=5.9.2\nlibuv=1.52.1\nllhttp=9.4.3\ncjson=0.0.1\nmimalloc=3.4.3\n")
+    versions.write_text("".join(f"{lib.name}={'0.0.1' if lib.name == 'cjson' else lib.version}\n" for lib in ALL))
     versions.chmod(0o644)
     tmp_path.chmod(0o755)
     proc = run_in(e2e_store, IMAGES["ci"], ["env", "QUICK_VALIDATE_VERSIONS=/check/versions", "quick-validate"],
@@ -206,6 +214,15 @@ def test_quick_validate_fails_on_a_wrong_version(e2e_store, ocserv, tmp_path):
     assert proc.returncode == 1, proc.stdout
     assert "FAIL  cJSON version" in proc.stdout and "(expected 0.0.1)" in proc.stdout
     assert proc.stdout.rstrip().endswith("quick-validate: FAIL")
+
+
+def test_ci_env_lists_every_library(e2e_store, ocserv):
+    proc = run_in(e2e_store, IMAGES["ci"], ["ci-env"], user="1000")
+    assert proc.returncode == 0, proc.stderr
+    for lib in ALL:
+        line = next((x for x in proc.stdout.splitlines() if x.startswith(f"{lib.name}:")), "")
+        assert f"pinned {lib.version}" in line and "missing" not in line, proc.stdout
+    assert "wolfclu:" in proc.stdout and "0.2.0" in proc.stdout
 
 
 def test_test_image_default_command_covers_a_mounted_project(e2e_store, ocserv, tmp_path):
@@ -231,20 +248,21 @@ def test_test_image_self_test_without_a_project(e2e_store, ocserv):
     proc = run_in(e2e_store, IMAGES["test"], ["run-tests"], timeout=300)
     assert proc.returncode == 0, f"{proc.stdout[-5000:]}\n{proc.stderr[-3000:]}"
     assert "running the image's SELF-TEST" in proc.stdout
-    assert "PASS: 0 check(s) failed" in proc.stdout
+    assert "quick-validate: PASS" in proc.stdout
     assert "self-test PASSED" in proc.stdout
-    assert "quick-validate.c" in proc.stdout  # the coverage summary names the file
+    for name in ("wolfsentry.c", "wolfssl.c", "llhttp.c"):  # the coverage summary names the check programs
+        assert name in proc.stdout, name
 
 
 def test_dev_has_the_tools_and_debug_libraries(e2e_store, ocserv):
     script = ("for t in gcc g++ make cmake meson ninja autoconf automake libtool pkg-config git gdb valgrind "
               "strace perf protoc-c gperf; do command -v $t >/dev/null || echo MISSING $t; done; "
-              "pkg-config --exists wolfssl libuv llhttp libcjson libcjson_utils mimalloc talloc libnl-route-3.0 "
-              "libseccomp libprotobuf-c || echo MISSING pc; "
+              "pkg-config --exists wolfsentry wolfssl libuv llhttp libcjson libcjson_utils mimalloc talloc "
+              "libnl-route-3.0 libseccomp libprotobuf-c || echo MISSING pc; command -v wolfssl >/dev/null || echo MISSING wolfclu; "
               "grep -o '\"profile\": \"[a-z]*\"' /usr/local/share/imagefactory/manifest.json | sort | uniq -c")
     proc = run_in(e2e_store, IMAGES["dev"], ["sh", "-c", script])
     assert "MISSING" not in proc.stdout, proc.stdout
-    assert '5 "profile": "debug"' in proc.stdout
+    assert f'{len(ALL)} "profile": "debug"' in proc.stdout
 
 
 def test_build_has_packaging_tools_and_no_debuggers(e2e_store, ocserv):
@@ -256,7 +274,7 @@ def test_build_has_packaging_tools_and_no_debuggers(e2e_store, ocserv):
               "printf 'int main(void){return 0;}' > /tmp/t.c && cc -O2 -flto -o /tmp/t /tmp/t.c && /tmp/t && echo LTO-OK")
     proc = run_in(e2e_store, IMAGES["build"], ["sh", "-c", script])
     assert "MISSING" not in proc.stdout and "UNWANTED" not in proc.stdout, proc.stdout
-    assert '5 "profile": "release"' in proc.stdout
+    assert f'{len(ALL)} "profile": "release"' in proc.stdout
     assert "LTO-OK" in proc.stdout, proc.stdout + proc.stderr
 
 
@@ -274,7 +292,7 @@ def test_one_library_flag_change_rebuilds_only_it_and_later(e2e_store, ocserv):
     first_run = next(i for i, s in enumerate(steps) if s["status"] == "run")
     assert steps[first_run]["summary"].startswith("cjson "), ran
     assert all(s["status"] in ("run", "final") for s in steps[first_run:]), steps
-    assert [h.split()[0] for h in hit if h.split()[0] in LIBS] == ["wolfssl", "libuv", "llhttp"]
+    assert [h.split()[0] for h in hit if h.split()[0] in LIBS] == list(LIBS[:LIBS.index("cjson")])
     assert [r.split()[0] for r in ran if r.split()[0] in LIBS] == ["cjson", "mimalloc"]
     # build copies the stage's /usr/local again (its packages stay cached); ci on top rebuilds too
     build_steps = imgs["ocserv-modern-build"]["steps"]

@@ -8,6 +8,7 @@ manifests are checked against the pins and patches.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ from imagefactory.libraries import (
     library_labels,
 )
 from imagefactory.prepare import FileDigests, StepInputs
-from imagefactory.steps import RenderContext
+from imagefactory.steps import RenderContext, StepError
 from imagefactory.walk import step_key
 from imagefactory.platforms import get_platform
 from imagefactory.recipe import Recipe
@@ -212,3 +213,184 @@ def test_missing_source_is_a_plan_error_naming_the_recipe(tmp_path):
                                                  "library": "cjson-offline"}), "cmake")
     with pytest.raises(StepError, match="imagefactory-test-libs-nowhere.*cjson-offline 1.7.19: no source archive found"):
         _render(BuildLibrary(bogus, DEBUG, _sources=offline), ctx)
+
+
+# --- the make kind, dependencies, the library table: no buildah ---------------------------------
+def test_make_kind_expands_only_plain_variables(tmp_path):
+    from recipes.libs import WOLFSENTRY
+
+    script = _render(BuildLibrary(WOLFSENTRY, RELEASE), _ctx(tmp_path)).calls[0].argv[-1]
+    assert 'make -j"$JOBS" PREFIX="$PREFIX" "BUILD_DYNAMIC=1" "EXTRA_CFLAGS=$CFLAGS -Wno-error' in script
+    assert 'make PREFIX="$PREFIX" DESTDIR="$STAGE" "BUILD_DYNAMIC=1"' in script and '"INSTALL_DIR=$STAGE$PREFIX"' in script
+    assert script.rstrip().count(" install\n") == 1
+    assert '"kind"' not in script and '"build": "make"' in script
+    assert "0001-pkg-config-and-public-options-header.patch" in script  # patches/wolfsentry/1.6.2
+    for bad in ("X=$(id)", "X=`id`", "X=${HOME}"):
+        with pytest.raises(StepError, match="only plain \\$NAME references"):
+            LibrarySpec(WOLFSENTRY.pin, "make", (bad,))
+
+
+def test_build_order_follows_needs():
+    from recipes.libs import LIBRARIES, in_build_order
+
+    names = [lib.name for lib in ALL]
+    assert names.index("wolfsentry") < names.index("wolfssl") < names.index("wolfclu")
+    assert sorted(names) == sorted(lib.name for lib in LIBRARIES)
+    late = LibrarySpec(CJSON.pin, "cmake", needs=("llhttp",))
+    assert [lib.name for lib in in_build_order((late, LLHTTP))] == ["llhttp", "cjson"]
+    with pytest.raises(ValueError, match="cjson needs nosuch"):
+        in_build_order((LibrarySpec(CJSON.pin, "cmake", needs=("nosuch",)),))
+    loop_a = LibrarySpec(CJSON.pin, "cmake", needs=("llhttp",))
+    loop_b = LibrarySpec(LLHTTP.pin, "custom", script="true", needs=("cjson",))
+    with pytest.raises(ValueError, match="dependency cycle"):
+        in_build_order((loop_a, loop_b))
+
+
+# --- "a new library is one file": a library the test makes, end to end (buildah, slow) ------------
+TINY_FILES = {
+    "tiny-0.1/tiny.h": "const char *tiny_greeting(void);\nconst char *tiny_version(void);\nint tiny_add(int, int);\n",
+    "tiny-0.1/tiny.c": ('#include <string.h>\n#include "tiny.h"\n'
+                        'const char *tiny_greeting(void) { return "hello"; }\n'
+                        'const char *tiny_version(void) { return "0.1"; }\n'
+                        'int tiny_add(int a, int b) { char buf[8]; memset(buf, 0, sizeof buf); return a + b + buf[0]; }\n'),
+    # a plain Makefile (kind="make"): CFLAGS from the environment, LDFLAGS from the make option
+    "tiny-0.1/Makefile": (
+        "PREFIX ?= /usr/local\nCFLAGS ?= -O2\n"
+        "all: libtiny.so.0 libtiny.a\n"
+        "tiny.o: tiny.c tiny.h\n\t$(CC) $(CFLAGS) -fPIC -c tiny.c -o tiny.o\n"
+        "libtiny.so.0: tiny.o\n\t$(CC) $(CFLAGS) $(LDFLAGS) -shared -Wl,-soname,libtiny.so.0 -o $@ tiny.o\n"
+        "libtiny.a: tiny.o\n\t$(AR) rcs $@ tiny.o\n"
+        "install: all\n"
+        "\tinstall -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include\n"
+        "\tinstall -m 0755 libtiny.so.0 $(DESTDIR)$(PREFIX)/lib/\n"
+        "\tln -sf libtiny.so.0 $(DESTDIR)$(PREFIX)/lib/libtiny.so\n"
+        "\tinstall -m 0644 libtiny.a $(DESTDIR)$(PREFIX)/lib/\n"
+        "\tinstall -m 0644 tiny.h $(DESTDIR)$(PREFIX)/include/\n"
+        "\tprintf 'prefix=$(PREFIX)\\nlibdir=$${prefix}/lib\\nincludedir=$${prefix}/include\\n\\n"
+        "Name: tiny\\nDescription: test library\\nVersion: 0.1\\nLibs: -L$${libdir} -ltiny\\n"
+        "Cflags: -I$${includedir}\\n' > $(DESTDIR)$(PREFIX)/lib/pkgconfig/tiny.pc\n"),
+}
+TINY_PATCH = """Say more than hello (shows a patch folder next to the pin).
+--- a/tiny.c
++++ b/tiny.c
+@@ -1,5 +1,5 @@
+ #include <string.h>
+ #include "tiny.h"
+-const char *tiny_greeting(void) { return "hello"; }
++const char *tiny_greeting(void) { return "hello, patched"; }
+ const char *tiny_version(void) { return "0.1"; }
+ int tiny_add(int a, int b) { char buf[8]; memset(buf, 0, sizeof buf); return a + b + buf[0]; }
+"""
+TINY_CHECK = r"""/* tiny: adds, says the patched greeting, reports its version.
+ *
+ * pkg-config: tiny
+ */
+#include "check.h"
+#include <tiny.h>
+
+int main(void)
+{
+    char detail[64];
+    snprintf(detail, sizeof detail, "2 + 3 = %d", tiny_add(2, 3));
+    check(tiny_add(2, 3) == 5, "tiny add", detail);
+    check(strcmp(tiny_greeting(), "hello, patched") == 0, "tiny patched", tiny_greeting());
+    check_version("tiny", "EXPECT_TINY", tiny_version());
+    return finish();
+}
+"""
+
+
+def _tiny_library(tmp: Path):
+    """What docs/extending.md tells a contributor to add: a pin + build spec, a patch, a check."""
+    import io
+    import tarfile
+
+    from imagefactory.sources import SourcePin, tree_digest
+
+    mirror = tmp / "mirror"
+    mirror.mkdir()
+    archive = mirror / "tiny-0.1.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, text in TINY_FILES.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(text.encode()), 0o644
+            tar.addfile(info, io.BytesIO(text.encode()))
+    patches = tmp / "patches" / "tiny" / "0.1"
+    patches.mkdir(parents=True)
+    (patches / "0001-greeting.patch").write_text(TINY_PATCH)
+    checks = tmp / "checks"
+    checks.mkdir()
+    (checks / "check.h").write_bytes((REPO_PATCHES.parent / "recipes" / "files" / "checks" / "check.h").read_bytes())
+    (checks / "tiny.c").write_text(TINY_CHECK)
+    spec = LibrarySpec(
+        pin=SourcePin(library="tiny", version="0.1", license="MIT", url="https://example.invalid/tiny-0.1.tar.gz",
+                      sha256=sha256_file(archive), tree_sha256=tree_digest(archive, "tiny-0.1/"),
+                      filename="tiny-0.1.tar.gz", tree_root="tiny-0.1/", purl="pkg:generic/tiny@0.1"),
+        kind="make",
+        options=("LDFLAGS=$LDFLAGS -Wl,-z,defs",),
+        pkgconfig=("tiny.pc",),
+        patch_root=tmp / "patches",
+        needs=("mimalloc",),  # only to show the ordering: it is placed after what it needs
+        smoke="test -e /usr/local/lib/libtiny.so.0",
+    )
+    return spec, mirror, checks
+
+
+@pytest.mark.buildah
+@pytest.mark.slow
+def test_a_new_library_is_one_spec_a_patch_and_a_check(lib_images, tmp_path):
+    """Adding a library the documented way gives a built, verified layer, a manifest entry and
+    quick-validate checks, with no other file touched (the slim base + build deps are shared)."""
+    import subprocess
+
+    from imagefactory.execute import Executor
+    from imagefactory.plan import build_plan
+    from imagefactory.sources import Sources
+    from imagefactory.verify import verify_tree
+    from recipes.libs import LIBRARIES, in_build_order
+    from recipes.ocserv import quick_validate_steps
+
+    store, recipes, _, _ = lib_images
+    spec, mirror, checks = _tiny_library(tmp_path)
+    order = [lib.name for lib in in_build_order((spec, *LIBRARIES))]
+    assert order.index("tiny") > order.index("mimalloc")  # listed first, built after what it needs
+    sources = Sources(tmp_path / "cache", [str(mirror)])
+    files = str(REPO_PATCHES.parent / "recipes" / "files")
+
+    class WithTiny(recipes["deps"]):
+        """test: a library added the documented way"""
+
+        name = "imagefactory-test-libs-tiny"
+
+        def steps(self):
+            yield BuildLibrary(spec, RELEASE, _sources=sources)
+            yield from quick_validate_steps((spec,), files=files, checks=str(checks))
+
+    t0 = time.monotonic()
+    report = Executor(store.settings(), store.buildah()).execute(build_plan([WithTiny], store.settings()))
+    print(f"\ntiny library image in {time.monotonic() - t0:.0f}s")
+    assert report.ok
+    with store.buildah().mounted_image(WithTiny.image_ref()) as root:
+        assert verify_tree(root).ok
+        (entry,) = [lib for lib in _manifest(root)["libraries"] if lib["name"] == "tiny"]
+        assert entry["build"] == "make" and entry["patches"][0]["name"] == "0001-greeting.patch"
+        assert "/usr/local/lib/pkgconfig/tiny.pc" in entry["files"]
+        table = (root / "usr/local/share/ocserv-modern/libraries").read_text()
+        assert "tiny\t0.1\ttiny\ttest -e /usr/local/lib/libtiny.so.0" in table
+    args = ["buildah", *store.args()]
+    ctr = subprocess.run([*args, "from", "--pull=never", "--quiet", WithTiny.image_ref()], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    try:
+        run = lambda *cmd: subprocess.run([*args, "run", "--isolation", "chroot", ctr, "--", *cmd],  # noqa: E731
+                                          capture_output=True, text=True, timeout=300)
+        ok = run("quick-validate")
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        for line in ("PASS  pkg-config tiny", "PASS  tiny runs", "PASS  compile tiny.c", "PASS  tiny add",
+                     "PASS  tiny patched", "PASS  tiny version", "quick-validate: PASS"):
+            assert line in ok.stdout, ok.stdout
+        # the check can fail: a wrong pinned version is reported by the check program
+        bad = run("sh", "-c", "echo tiny=0.2 > /tmp/v && QUICK_VALIDATE_VERSIONS=/tmp/v quick-validate")
+        assert bad.returncode == 1 and "FAIL  tiny version" in bad.stdout and "(expected 0.2)" in bad.stdout
+        assert bad.stdout.rstrip().endswith("quick-validate: FAIL")
+    finally:
+        subprocess.run([*args, "rm", ctr], capture_output=True)

@@ -22,7 +22,10 @@ from conftest import SHARED_SOURCES
 TARGETS = ["dev", "test", "build", "ci"]
 IMAGES = {"dev": "ocserv-modern-dev", "test": "ocserv-modern-test", "build": "ocserv-modern-build",
           "ci": "ocserv-modern-ci"}
-LIBS = ["wolfssl", "libuv", "llhttp", "cjson", "mimalloc"]
+# build order: wolfSSL is built with wolfSentry's hooks, wolfCLU against wolfSSL
+LIBS = ["wolfsentry", "wolfssl", "wolfclu", "libuv", "llhttp", "cjson", "mimalloc"]
+PINNED = (("wolfsentry", "1.6.2"), ("wolfssl", "5.9.2"), ("wolfclu", "0.2.0"), ("libuv", "1.52.1"),
+          ("llhttp", "9.4.3"), ("cjson", "1.7.19"), ("mimalloc", "3.4.3"))
 # `build dev test build ci` on Debian 13, sizes as `buildah images` reports them (MB); see the
 # recipes' docstrings and docs/performance.md. The e2e tests check the real images against the budgets.
 MEASURED_DEBIAN_MB = {"dev": 769, "test": 822, "build": 283, "ci": 282}
@@ -74,8 +77,7 @@ def test_recipes_registered_with_budgets_and_parents(recipes):
     assert test.declared_parent() is dev and ci.declared_parent() is build
     for cls in (dev, test, build, ci):
         assert cls.description(), f"{cls.name} needs a one-line description"
-        for lib, version in (("wolfssl", "5.9.2"), ("libuv", "1.52.1"), ("llhttp", "9.4.3"),
-                             ("cjson", "1.7.19"), ("mimalloc", "3.4.3")):
+        for lib, version in PINNED:
             assert any(k.endswith(f".{lib}") and v == version for k, v in _all_labels(cls).items()), (cls, lib)
 
 
@@ -154,7 +156,7 @@ def test_debian_install_lines(tmp_path, recipes):
     build = installs(imgs["ocserv-modern-build"])[0].splitlines()
     assert build[0] == f"apt-get update -q --error-on=any {APT_NET_OPTS}"
     assert build[1] == (f"apt-get install -y -q --no-install-recommends {APT_NET_OPTS} binutils "
-                        "dpkg-dev file gcc libc6-dev make patch pkgconf xz-utils")  # native packaging only
+                        "dpkg-dev file gcc libc6-dev make netbase patch pkgconf xz-utils")  # native packaging only
     for forbidden in ("gdb", "valgrind", "strace", "linux-perf", "meson", "g++", "cmake"):
         assert f" {forbidden} " not in f" {build[1]} ", f"build must not install {forbidden}"
     dev = installs(imgs["ocserv-modern-dev"])
@@ -171,7 +173,7 @@ def test_debian_install_lines(tmp_path, recipes):
 def test_rpm_tooling_on_debian_only_when_a_setting_asks(tmp_path, recipes, value):
     build = installs(plan(tmp_path, "debian", ocserv__packaging__rpm=value)["ocserv-modern-build"])[0]
     assert build.splitlines()[1] == (f"apt-get install -y -q --no-install-recommends {APT_NET_OPTS} binutils "
-                                     "createrepo-c dpkg-dev file gcc libc6-dev make patch pkgconf rpm xz-utils")
+                                     "createrepo-c dpkg-dev file gcc libc6-dev make netbase patch pkgconf rpm xz-utils")
     off = installs(plan(tmp_path, "debian", ocserv__packaging__rpm="off")["ocserv-modern-build"])[0]
     assert " rpm " not in off and "createrepo" not in off
 
@@ -214,11 +216,15 @@ def test_users_workdirs_and_commands(tmp_path, recipes):
     assert "--cmd '[\"quick-validate\"]'" in ci_cfg
     copies = " ".join(s["summary"] for s in imgs["ocserv-modern-ci"]["steps"] if s["kind"] == "copy")
     assert "files/quick-validate → /usr/local/bin/quick-validate" in copies
-    assert "files/quick-validate.c → /usr/local/share/ocserv-modern/quick-validate.c" in copies
-    versions = next(s for s in imgs["ocserv-modern-ci"]["steps"] if "versions" in s["summary"])
-    script = run_script(versions["calls"][0])
-    for line in ("wolfssl=5.9.2", "libuv=1.52.1", "llhttp=9.4.3", "cjson=1.7.19", "mimalloc=3.4.3"):
-        assert line in script
+    assert "files/checks → /usr/local/share/ocserv-modern/checks" in copies
+    for image in ("ocserv-modern-ci", "ocserv-modern-test"):
+        table = next(s for s in imgs[image]["steps"] if "library table" in s["summary"])
+        script = run_script(table["calls"][0])
+        for lib, version in PINNED:
+            assert f"{lib}={version}" in script
+        assert "wolfsentry\t1.6.2\twolfsentry\t-" in script
+        assert "wolfclu\t0.2.0\t-\twolfssl -v" in script
+        assert "libuv\t1.52.1\tlibuv libuv-static\t-" in script
 
 
 # --- cache keys: one library's flags change only its own step and the ones after it ------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 from collections import Counter
@@ -198,7 +199,7 @@ def test_import_dir_accepts_pinned_files_and_refuses_unknown(tmp_path):
     status = {r["library"]: r for r in sources.status(pins)}
     assert status["cjson"]["cached"] and status["llhttp"]["alternate"] and not status["wolfssl"]["cached"]
     # a cache hit after import needs neither mirror nor network
-    assert sources.fetch(pins[3]).url_used.startswith("cache:")
+    assert sources.fetch(next(p for p in pins if p.library == "cjson")).url_used.startswith("cache:")
 
 
 def test_sources_cli_import_and_list(tmp_path):
@@ -229,3 +230,150 @@ def test_sources_cli_import_and_list(tmp_path):
     assert fetched.returncode == 0, fetched.stderr
     assert "cache:" in fetched.stdout
     assert run("fetch", "nosuchlib").returncode == 2
+    from recipes.libs import WOLFSENTRY
+
+    digest = run("digest", str(SHARED_SOURCES / "wolfsentry-1.6.2.tar.gz"), "wolfsentry-1.6.2/")
+    assert digest.returncode == 0 and digest.stdout.strip() == WOLFSENTRY.pin.tree_sha256
+    wrong = run("digest", str(SHARED_SOURCES / "wolfsentry-1.6.2.tar.gz"), "wolfsentry-1.6.1/")
+    assert wrong.returncode == 1 and "nothing below" in wrong.stderr
+
+
+# --- tree digests: pins whose upstream bytes are unknown ---------------------------------------
+def _tar(path: Path, files: dict[str, bytes | tuple], compression: str = "gz", mtime: int = 0,
+         order=None, extra_dirs=()) -> Path:
+    """A tar archive of ``files`` (name → bytes, or ("x", bytes) executable, or ("l", target) symlink)."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, f"w:{compression}") as tar:
+        for d in extra_dirs:
+            info = tarfile.TarInfo(d)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, mtime
+            tar.addfile(info)
+        for name in order or files:
+            value = files[name]
+            info = tarfile.TarInfo(name)
+            info.mtime, info.uname, info.uid = mtime, f"user{mtime}", mtime
+            if isinstance(value, tuple) and value[0] == "l":
+                info.type, info.linkname = tarfile.SYMTYPE, value[1]
+                tar.addfile(info)
+                continue
+            data = value[1] if isinstance(value, tuple) else value
+            info.size, info.mode = len(data), 0o755 if isinstance(value, tuple) else 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+TREE = {"lib-1.0/Makefile": b"all:\n", "lib-1.0/src/a.c": b"int a;\n", "lib-1.0/configure": ("x", b"#!/bin/sh\n"),
+        "lib-1.0/link.h": ("l", "src/a.h"), "lib-1.0/src/a.h": b"extern int a;\n"}
+
+
+def test_tree_digest_ignores_compression_order_and_metadata(tmp_path):
+    from imagefactory.sources import tree_digest
+
+    base = tree_digest(_tar(tmp_path / "a.tar.gz", TREE), "lib-1.0/")
+    same = _tar(tmp_path / "b.tar.xz", TREE, "xz", mtime=1234567890, order=sorted(TREE, reverse=True),
+                extra_dirs=("lib-1.0/", "lib-1.0/empty/"))
+    assert tree_digest(same, "lib-1.0") == base  # other compression, times, owners, order, empty dirs
+    assert (tmp_path / "a.tar.gz").read_bytes() != same.read_bytes()
+    changed = {
+        "a byte": {**TREE, "lib-1.0/src/a.c": b"int b;\n"},
+        "the exec bit": {**TREE, "lib-1.0/configure": b"#!/bin/sh\n"},
+        "a symlink target": {**TREE, "lib-1.0/link.h": ("l", "src/b.h")},
+        "a path": {**{k.replace("a.c", "b.c"): v for k, v in TREE.items()}},
+        "one more file": {**TREE, "lib-1.0/NEWS": b""},
+    }
+    digests = {what: tree_digest(_tar(tmp_path / f"{i}.tar.gz", files), "lib-1.0/")
+               for i, (what, files) in enumerate(changed.items())}
+    assert base not in digests.values() and len(set(digests.values())) == len(digests), digests
+    # files outside the root do not count; nothing below the root, a non-tar, unsafe paths are errors
+    assert tree_digest(_tar(tmp_path / "o.tar.gz", {**TREE, "other/x": b"x"}), "lib-1.0/") == base
+    with pytest.raises(SourceError, match="nothing below"):
+        tree_digest(tmp_path / "a.tar.gz", "lib-2.0/")
+    (tmp_path / "junk.tar.gz").write_bytes(b"not a tar")
+    with pytest.raises(SourceError, match="not a readable tar"):
+        tree_digest(tmp_path / "junk.tar.gz", "lib-1.0/")
+    with pytest.raises(SourceError, match="unsafe path"):
+        tree_digest(_tar(tmp_path / "u.tar.gz", {"lib-1.0/../../etc/x": b""}), "lib-1.0/")
+
+
+def _tree_pin(name: str, tree_sha: str, url: str, alternates=()) -> SourcePin:
+    return SourcePin(library=f"testlib-{name}", version="1.0", license="MIT", url=url, sha256=None,
+                     tree_sha256=tree_sha, filename=f"{name}-1.0.tar.gz", tree_root="lib-1.0/",
+                     purl=f"pkg:generic/{name}@1.0", alternates=tuple(alternates))
+
+
+def test_tree_pinned_upstream_archive_is_verified_by_its_tree(server, tmp_path):
+    from imagefactory.sources import tree_digest
+
+    local = _tar(tmp_path / "local.tar.gz", TREE)
+    upstream = _tar(tmp_path / "upstream.tar.xz", TREE, "xz", mtime=99)  # other bytes, same tree
+    digest = tree_digest(local, "lib-1.0/")
+    pin = _tree_pin("tree", digest, server.url + "/archive/v1.0.tar.gz",
+                    [Alternate("tree-1.0.tar.gz", sha256_file(local), "lib-1.0/")])
+    server.files["/archive/v1.0.tar.gz"] = upstream.read_bytes()
+    got = Sources(tmp_path / "cache", [server.url + "/empty"], retry=FAST).fetch(pin)
+    assert got.tree_verified and got.is_primary and got.url_used == pin.url
+    assert got.sha256 == sha256_file(upstream) and got.tree_root == "lib-1.0/"
+    assert got.path == tmp_path / "cache" / f"tree-{digest}" / "tree-1.0.tar.gz"
+    assert json.loads(got.path.with_name("tree-1.0.tar.gz.verified").read_text())["sha256"] == got.sha256
+    # a cache hit re-checks the bytes against the verified digest, with no network
+    server.files.clear()
+    again = Sources(tmp_path / "cache", [], retry=FAST).fetch(pin)
+    assert again.url_used.startswith("cache:") and again.tree_verified and again.sha256 == got.sha256
+    got.path.write_bytes(got.path.read_bytes()[:-1])  # bit rot: dropped, and upstream is gone now
+    with pytest.raises(SourceError, match="no source archive found"):
+        Sources(tmp_path / "cache", [], retry=FAST).fetch(pin)
+    assert not got.path.exists()
+    # the local copy (same file name as upstream's) is accepted by its sha256, as an alternate
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "tree-1.0.tar.gz").write_bytes(local.read_bytes())
+    alt = Sources(tmp_path / "cache2", [str(mirror)], retry=FAST).fetch(pin)
+    assert not alt.tree_verified and not alt.is_primary and alt.sha256 == sha256_file(local)
+
+
+def test_tree_mismatch_is_a_hard_error_and_not_cached(server, tmp_path):
+    from imagefactory.sources import tree_digest
+
+    digest = tree_digest(_tar(tmp_path / "good.tar.gz", TREE), "lib-1.0/")
+    evil = _tar(tmp_path / "evil.tar.gz", {**TREE, "lib-1.0/src/a.c": b"int backdoor;\n"})
+    pin = _tree_pin("treebad", digest, server.url + "/archive/v1.0.tar.gz")
+    server.files["/archive/v1.0.tar.gz"] = evil.read_bytes()
+    with pytest.raises(SourceError) as err:
+        Sources(tmp_path / "cache", [], retry=FAST).fetch(pin)
+    msg = str(err.value)
+    assert "its tree does not match" in msg and digest in msg and tree_digest(evil, "lib-1.0/") in msg
+    assert server.hits["/archive/v1.0.tar.gz"] == 1
+    assert _cache_files(tmp_path / "cache") == []
+    with pytest.raises(ValueError, match="has no sha256"):
+        SourcePin(library="x", version="1", license="MIT", url="u", sha256=None, filename="x.tar.gz",
+                  tree_root="x/", purl="pkg:generic/x@1")
+
+
+def test_real_wolf_pins_match_their_trees_and_import_by_tree(tmp_path):
+    """The pinned tree digests are those of the mirror's `git archive` copies; an upstream-style
+    re-pack under another name (what `curl -LO .../v1.6.2.tar.gz` saves) imports by its tree."""
+    import tarfile
+
+    from imagefactory.sources import tree_digest
+    from recipes.libs import WOLFCLU, WOLFSENTRY
+
+    for lib in (WOLFSENTRY, WOLFCLU):
+        (alt,) = lib.pin.alternates
+        assert tree_digest(SHARED_SOURCES / alt.filename, alt.tree_root) == lib.pin.tree_sha256
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    with tarfile.open(SHARED_SOURCES / "wolfsentry-1.6.2.tar.gz") as src, \
+            tarfile.open(drop / "v1.6.2.tar.xz", "w:xz", preset=0) as out:
+        for m in src:
+            m.mtime, m.uname = 0, "someone"
+            out.addfile(m, src.extractfile(m) if m.isfile() else None)
+    sources = Sources(tmp_path / "cache", [])
+    result = sources.import_dir(drop, [WOLFSENTRY.pin, WOLFCLU.pin])
+    assert result.imported == [("v1.6.2.tar.xz", "wolfsentry 1.6.2")], result
+    got = sources.fetch(WOLFSENTRY.pin)
+    assert got.tree_verified and got.url_used.startswith("cache:") and got.filename == "wolfsentry-1.6.2.tar.gz"
+    assert sources.import_dir(drop, [WOLFSENTRY.pin]).already
+    status = {r["library"]: r for r in sources.status([WOLFSENTRY.pin, WOLFCLU.pin])}
+    assert status["wolfsentry"]["cached"] and not status["wolfclu"]["cached"]

@@ -146,7 +146,7 @@ def test_render_and_walk_need_no_network_no_host_tools_no_buildah(tmp_path, monk
     index = StoreIndex({})
     for node in plan.nodes:
         decisions = list(walk(node, "scratch", {}, index))
-        assert decisions and decisions[0].action == "run"
+        assert decisions and decisions[0].action in ("run", "final")  # nothing cached: the first unit runs
 
 
 def test_render_refuses_an_unprepared_plan(tmp_path):

@@ -6,26 +6,45 @@ import argparse
 
 from ..cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE, command, console, err_console, print_table
 from ..config import Settings
-from ..sources import SourceError, Sources, known_pins
+from ..sources import TREE_DIGEST_VERSION, SourceError, Sources, known_pins, tree_digest
 
 
 def _args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["fetch", "list", "import"],
+    p.add_argument("action", choices=["fetch", "list", "import", "digest"],
                    help="fetch [LIB...]: download/verify into the cache; list: cache status; "
-                        "import DIR: seed the cache from a folder")
+                        "import DIR: seed the cache from a folder; digest ARCHIVE ROOT/: the tree digest "
+                        "for a pin's tree_sha256")
     p.add_argument("names", nargs="*", metavar="LIB_OR_DIR",
                    help="library names for fetch (default: all), the folder for import")
 
 
+def _digest(args: argparse.Namespace) -> int:
+    if len(args.names) != 2:
+        err_console.print("usage: imagefactory sources digest ARCHIVE TREE_ROOT/  (e.g. zstd-1.5.7.tar.gz zstd-1.5.7/)")
+        return EXIT_USAGE
+    try:
+        digest = tree_digest(args.names[0], args.names[1])
+    except SourceError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return EXIT_FAIL
+    console.print(digest, highlight=False)
+    args._report_data = {"archive": args.names[0], "tree_root": args.names[1], "tree_sha256": digest,
+                         "algorithm": TREE_DIGEST_VERSION}
+    return EXIT_OK
+
+
 @command("sources", "fetch, list or import pinned source archives (cache → mirrors → upstream)", _args)
 def cmd_sources(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "digest":
+        return _digest(args)
     sources = Sources.from_settings(settings, log=lambda msg: err_console.print(msg, highlight=False))
     pins = known_pins()
     if args.action == "list":
         rows = sources.status(pins)
         print_table("sources", ["library", "version", "license", "cached", "archive", "sha256"],
                     [[r["library"], r["version"], r["license"], "✓" if r["cached"] else "✗",
-                      (r["archive"] or "") + (" (alternate)" if r["alternate"] else ""), r["sha256"][:16]]
+                      (r["archive"] or "") + (" (alternate)" if r["alternate"] else ""),
+                      (r["sha256"] or f"tree {r['tree_sha256']}")[:16]]
                      for r in rows])
         console.print(f"cache: {sources.cache}; mirrors: {', '.join(sources.mirrors) or 'none'}", highlight=False)
         args._report_data = {"sources": rows}
@@ -61,10 +80,11 @@ def cmd_sources(args: argparse.Namespace, settings: Settings) -> int:
             failed.append({"library": pin.library, "error": str(exc)})
             err_console.print(f"[bold red]✗[/] {exc}", highlight=False)
             continue
-        rows.append([pin.library, pin.version, got.filename + ("" if got.is_primary else " (alternate)"),
+        how = " (tree verified)" if got.tree_verified else "" if got.is_primary else " (alternate)"
+        rows.append([pin.library, pin.version, got.filename + how,
                      got.sha256[:16], got.url_used])
         data.append({"library": pin.library, "version": pin.version, "archive": got.filename,
-                     "sha256": got.sha256, "tree_root": got.tree_root, "from": got.url_used, "path": str(got.path)})
+                     "sha256": got.sha256, "tree_root": got.tree_root, "tree_verified": got.tree_verified, "from": got.url_used, "path": str(got.path)})
     print_table("fetched", ["library", "version", "archive", "sha256", "from"], rows)
     args._report_data = {"fetched": data, "failed": failed}
     return EXIT_FAIL if failed else EXIT_OK
