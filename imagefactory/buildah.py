@@ -276,6 +276,15 @@ class Buildah:
         finally:
             digest_file.unlink(missing_ok=True)
 
+    def export_layout(self, image: str, folder: Path, name: str) -> dict:
+        """Copy an image into an OCI layout folder, layers uncompressed (so a layer blob's digest is its
+        diff ID) and shared between the images copied there; returns the image's OCI manifest."""
+        self._call("push", "--quiet", "--disable-compression", image, f"oci:{folder}:{name}")
+        index = json.loads((folder / "index.json").read_text())
+        entry = next(m for m in reversed(index["manifests"])
+                     if (m.get("annotations") or {}).get("org.opencontainers.image.ref.name") == name)
+        return json.loads(oci_blob(folder, entry["digest"]).read_text())
+
     def _with_retries(self, what: str, attempt) -> None:
         """Retry transient registry failures with backoff; fail at once on the rest (see is_transient)."""
         tries = 0
@@ -520,6 +529,12 @@ class Container:
 
     def inspect(self) -> dict:
         return self.buildah.inspect(self.name, kind="container")
+
+
+def oci_blob(layout: Path, digest: str) -> Path:
+    """Where an OCI layout folder keeps the blob ``sha256:…``."""
+    algo, _, hexdigest = digest.partition(":")
+    return layout / "blobs" / algo / hexdigest
 
 
 def tail_of(path: Path, lines: int = TAIL_LINES) -> str:
