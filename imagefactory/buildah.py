@@ -493,10 +493,42 @@ class Buildah:
         next run removes (:meth:`remove_leftovers`)."""
         temp = owned_name(TEMP_IMAGE_REPO + ":" + _safe(ctr.removeprefix(CONTAINER_PREFIX))[:60])
         image_id = self.commit(ctr, temp, **kw)
+        if kw.get("image_format") == "docker" and kw.get("timestamp") is not None:
+            image_id = self.without_container_id(image_id)
         if names:
             self.tag(image_id, *names)
         self.untag(temp)
         return image_id
+
+    def without_container_id(self, image: str) -> str:
+        """The image without the ``container`` field of its Docker config; returns its ID.
+
+        buildah before 1.30 writes the working container's random ID into Docker-format configs even
+        with ``--timestamp`` (later versions leave it out), so no two builds of an image with a
+        HEALTHCHECK had the same ID. Only the config changes: a ``dir:`` copy holding the manifest and
+        the new config is pulled back, and the store reuses the layers it has by digest.
+        """
+        import hashlib
+        import tempfile
+
+        info = self.inspect(image)
+        config = json.loads(info.get("Config") or "{}")
+        if "container" not in config:
+            return image
+        config.pop("container")
+        raw = json.dumps(config, separators=(",", ":")).encode()
+        digest = hashlib.sha256(raw).hexdigest()
+        manifest = json.loads(info["Manifest"])
+        manifest["config"].update(digest=f"sha256:{digest}", size=len(raw))
+        folder = Path(tempfile.mkdtemp(prefix="config-", dir=self.scratch_dir()))
+        try:
+            (folder / "manifest.json").write_text(json.dumps(manifest))
+            (folder / digest).write_bytes(raw)
+            (folder / "version").write_text("Directory Transport Version: 1.1\n")
+            self._call("pull", "--quiet", f"dir:{folder}")
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return digest
 
     def version(self) -> str:
         return self._call("version", "--json")

@@ -12,7 +12,7 @@ from conftest import TINY_BASE
 pytestmark = pytest.mark.buildah
 
 RECIPES = textwrap.dedent(f"""
-    from imagefactory import Recipe, Run, Config
+    from imagefactory import Recipe, Run, Config, Healthcheck
 
     class Stable(Recipe):
         '''Same bytes every time.'''
@@ -35,6 +35,17 @@ RECIPES = textwrap.dedent(f"""
             yield Run("echo fixed > /fixed")
             yield Run("date > /built-at && sleep 1")
             yield Run("echo after > /after")
+
+    class Healthy(Recipe):
+        '''A HEALTHCHECK makes it a Docker-format image.'''
+        name = "repro-healthy"
+        target = "healthy"
+        parent = "{TINY_BASE}"
+        squash = False
+
+        def steps(self):
+            yield Run("echo ok > /status")
+            yield Healthcheck("cat /status")
 """)
 
 
@@ -69,6 +80,20 @@ def test_two_cold_builds_give_the_same_image_id(project, tmp_path):
     assert "localhost/repro-stable:latest" not in store.buildah().image_index()
 
 
+def test_docker_format_images_are_reproducible(project, tmp_path):
+    """buildah < 1.30 writes the working container's ID into Docker configs; the commit drops it."""
+    store, cfg = project
+    proc, rep = _reproduce(store, cfg, tmp_path, "healthy")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (img,) = rep["images"]
+    assert img["same"] and all(st["same"] for st in img["steps"])
+    store.cli("build", "healthy", "--config", str(cfg), env=store.env(SOURCE_DATE_EPOCH="1700000000"))
+    info = store.buildah().inspect("localhost/repro-healthy:latest")
+    assert info["Docker"]["config"]["Healthcheck"]["Test"][0] == "CMD-SHELL"  # the health check is kept
+    assert "container" not in json.loads(info["Config"])
+    assert info["FromImageID"] == img["image_ids"][0]  # the store's build is the reproduced one
+
+
 def test_a_step_writing_the_date_is_reported(project, tmp_path):
     store, cfg = project
     proc, rep = _reproduce(store, cfg, tmp_path, "dated")
@@ -86,6 +111,11 @@ def test_a_step_writing_the_date_is_reported(project, tmp_path):
     differing = [d for d in rep["differing_steps"] if d["kind"] != "final"]
     assert [d["summary"] for d in differing] == [dated["summary"]]
     assert "date > /built-at" in proc.stdout
+    # the files that make the layer differ are named
+    (bad,) = [d for d in rep["differing_steps"] if "date > /built-at" in d["summary"]]
+    assert [f["path"] for f in bad["files"]["files"]] == ["/built-at"]
+    assert "content" in bad["files"]["files"][0]["what"]
+    assert "/built-at: " in proc.stdout
 
 
 def test_epoch_defaults_to_the_recipes_git_head_time(tmp_path):
