@@ -60,7 +60,7 @@ def project(tiny_store, tmp_path):
 
 
 def _reproduce(store, cfg, tmp_path, *targets, epoch="1700000000"):
-    report = tmp_path / f"repro-{'-'.join(targets)}.json"
+    report = tmp_path / f"repro-{'-'.join(t.strip('-') for t in targets)}.json"
     proc = store.cli("reproduce", *targets, "--config", str(cfg), "--report", str(report), check=False,
                      env=store.env(SOURCE_DATE_EPOCH=epoch))
     return proc, json.loads(report.read_text())
@@ -78,6 +78,20 @@ def test_two_cold_builds_give_the_same_image_id(project, tmp_path):
     assert rep["stores"] == []
     assert not list((store.home / "cache" / "imagefactory" / "state").glob("imagefactory-reproduce-*"))
     assert "localhost/repro-stable:latest" not in store.buildah().image_index()
+
+
+def test_against_store_compares_one_cold_build_with_the_store(project, tmp_path):
+    """--against-store: the targets are built in the user's store (cache as usual), plus ONE cold build."""
+    store, cfg = project
+    proc, rep = _reproduce(store, cfg, tmp_path, "stable", "--against-store")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert rep["reproducible"] and rep["against_store"]
+    (img,) = rep["images"]
+    assert store.buildah().image_index()["localhost/repro-stable:latest"] == img["image_ids"][0] == img["image_ids"][1]
+    assert "cold build a" not in proc.stderr and "cold build b" in proc.stderr  # one cold build only
+    proc, rep = _reproduce(store, cfg, tmp_path, "dated", "--against-store")
+    assert proc.returncode != 0 and not rep["reproducible"]
+    assert [f["path"] for d in rep["differing_steps"] if d["files"] for f in d["files"]["files"]] == ["/built-at"]
 
 
 def test_docker_format_images_are_reproducible(project, tmp_path):
