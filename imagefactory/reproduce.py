@@ -21,6 +21,7 @@ differs and how (content, mtime, mode, owner, only on one side).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import tempfile
@@ -169,8 +170,9 @@ def check_reproducible(targets: list[str], settings: Settings, *, source_date_ep
        "images": [{"name", "target", "image_ids": [a, b], "same",
                    "steps": [{"index", "indexes", "kind", "summary", "layers": [a, b], "images": [a, b],
                               "same", "layer_same", "only_parent_differs"}]}],
-       "differing_steps": [{"image", "index", "kind", "summary", "layers", "images",
-                            "files": {"count", "files": [{"path", "what"}], "order_differs"}}],
+       "differing_steps": [{"image", "index", "kind", "summary", "layers", "images", "config_only",
+                            "files": {"count", "files": [{"path", "what"}], "order_differs"},
+                            "config": [differing config fields, when only the config differs]}],
        "stores": [paths if kept]}``
     """
     say = progress or (lambda _msg: None)
@@ -224,6 +226,11 @@ def explain_differences(report: dict, sides: list[Settings], scratch_parent: Pat
             if None in images:
                 step["files"] = None  # one side has no commit here: the plans differ, not the bytes
                 continue
+            if step.get("config_only"):  # same layer, other image: the configs differ
+                configs = [json.loads(Buildah(st.storage).inspect(image).get("Config") or "{}")
+                           for st, image in zip(sides, images)]
+                step["files"], step["config"] = None, config_differences(*configs)
+                continue
             blobs = []
             for side, (settings, image) in enumerate(zip(sides, images)):
                 layout = scratch / "ab"[side]
@@ -235,6 +242,20 @@ def explain_differences(report: dict, sides: list[Settings], scratch_parent: Pat
             report["layouts"] = [str(scratch / "a"), str(scratch / "b")]
         else:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the config fields that differ (``container``, ``config.Labels``, ...)."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if va == vb:
+            continue
+        if isinstance(va, dict) and isinstance(vb, dict) and not prefix:
+            out += config_differences(va, vb, f"{key}.")
+        else:
+            out.append(prefix + key)
+    return out
 
 
 def compare_runs(a: dict[str, dict], b: dict[str, dict], sde: int, epoch_source: str, seconds: float,
@@ -254,9 +275,10 @@ def compare_runs(a: dict[str, dict], b: dict[str, dict], sde: int, epoch_source:
                     "images": [ca["image"], cb["image"]], "same": same, "layer_same": layer_same,
                     "only_parent_differs": layer_same and not same and parent_differs}
             steps.append(step)
-            if not layer_same:
+            if not layer_same or not (same or step["only_parent_differs"]):
                 differing.append({"image": name, "index": step["index"], "kind": step["kind"],
-                                  "summary": step["summary"], "layers": step["layers"], "images": step["images"]})
+                                  "summary": step["summary"], "layers": step["layers"], "images": step["images"],
+                                  "config_only": layer_same})
             parent_differs = parent_differs or not same
         images.append({"name": name, "target": ia["target"], "image_ids": [ia["image_id"], ib["image_id"]],
                        "same": ia["image_id"] == ib["image_id"], "steps": steps})
@@ -264,5 +286,5 @@ def compare_runs(a: dict[str, dict], b: dict[str, dict], sde: int, epoch_source:
             "seconds": round(seconds, 3), "images": images, "differing_steps": differing, "stores": kept}
 
 
-__all__ = ["ReproduceError", "check_reproducible", "compare_runs", "explain_differences", "recipes_commit_time",
+__all__ = ["ReproduceError", "check_reproducible", "compare_runs", "config_differences", "explain_differences", "recipes_commit_time",
            "resolve_epoch"]

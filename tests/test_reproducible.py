@@ -156,3 +156,30 @@ def test_epoch_defaults_to_the_recipes_git_head_time(tmp_path):
                    env={"GIT_COMMITTER_DATE": "@1650000000 +0000", "PATH": os.environ["PATH"]})
     assert resolve_epoch(["epoch-a"], settings) == (1650000000, "git HEAD commit time of the recipes")
     assert resolve_epoch(["epoch-a"], settings, 42)[0] == 42
+
+
+def _commit(index, kind, layer, image):
+    return {"indexes": [index], "kinds": [kind], "summaries": [f"{kind} {index}"], "layer": layer, "image": image}
+
+
+def test_compare_runs_tells_layers_parents_and_configs_apart():
+    """Pure logic: a differing layer, commits that only sit on another parent, a config-only difference."""
+    from imagefactory.reproduce import compare_runs, config_differences
+
+    def run(*commits, image_id):
+        return {"img": {"target": "t", "image_id": image_id, "commits": list(commits)}}
+
+    same = [_commit(1, "run", "L1", "I1")]
+    a = run(*same, _commit(2, "run", "L2", "I2"), _commit(3, "run", "L3", "I3"), image_id="I3")
+    b = run(*same, _commit(2, "run", "L2x", "J2"), _commit(3, "run", "L3", "J3"), image_id="J3")
+    rep = compare_runs(a, b, 1, "test", 0.0, [])
+    assert not rep["reproducible"]
+    assert [(d["index"], d["config_only"]) for d in rep["differing_steps"]] == [(2, False)]
+    assert rep["images"][0]["steps"][2]["only_parent_differs"]
+    # same layers everywhere, but the last commit's image differs: its config does
+    a = run(*same, _commit(2, "final", "L2", "I2"), image_id="I2")
+    b = run(*same, _commit(2, "final", "L2", "J2"), image_id="J2")
+    rep = compare_runs(a, b, 1, "test", 0.0, [])
+    assert [(d["index"], d["config_only"]) for d in rep["differing_steps"]] == [(2, True)]
+    assert config_differences({"container": "abc", "config": {"Env": ["A=1"], "User": "x"}},
+                              {"config": {"Env": ["A=2"], "User": "x"}}) == ["config.Env", "container"]

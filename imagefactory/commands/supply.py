@@ -506,6 +506,8 @@ def print_reproduce_report(report: dict) -> None:
         for d in report["differing_steps"]:
             console.print(f"[red]differs:[/] {d['image']} step {d['index']} ({d['kind']}): {escape(d['summary'])}",
                           highlight=False, soft_wrap=True)
+            if d.get("config"):
+                console.print(f"  same layer, the image configs differ: {', '.join(d['config'])}", highlight=False)
             files = d.get("files")
             if files:
                 console.print(f"  {files['count']} file(s) differ in the layer:", highlight=False)
