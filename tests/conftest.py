@@ -155,7 +155,8 @@ def tiny_store(store):
 # --- end-to-end: one store, built once per run ---------------------------------
 # Every e2e build pins its timestamps, so the images the e2e tests build are what a cold build with
 # the same epoch gives: `reproduce --against-store` compares against them with ONE more cold build.
-E2E_SOURCE_DATE_EPOCH = "1767225600"  # 2026-01-01T00:00:00Z
+# IMAGEFACTORY_E2E_SOURCE_DATE_EPOCH: the epoch of a store reused through IMAGEFACTORY_E2E_ROOT.
+E2E_SOURCE_DATE_EPOCH = os.environ.get("IMAGEFACTORY_E2E_SOURCE_DATE_EPOCH", "1767225600")  # 2026-01-01
 
 
 @pytest.fixture(scope="session")
