@@ -251,8 +251,8 @@ def config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
         va, vb = a.get(key), b.get(key)
         if va == vb:
             continue
-        if isinstance(va, dict) and isinstance(vb, dict) and not prefix:
-            out += config_differences(va, vb, f"{key}.")
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_differences(va, vb, f"{prefix}{key}.")
         else:
             out.append(prefix + key)
     return out

@@ -181,5 +181,6 @@ def test_compare_runs_tells_layers_parents_and_configs_apart():
     b = run(*same, _commit(2, "final", "L2", "J2"), image_id="J2")
     rep = compare_runs(a, b, 1, "test", 0.0, [])
     assert [(d["index"], d["config_only"]) for d in rep["differing_steps"]] == [(2, True)]
-    assert config_differences({"container": "abc", "config": {"Env": ["A=1"], "User": "x"}},
-                              {"config": {"Env": ["A=2"], "User": "x"}}) == ["config.Env", "container"]
+    assert config_differences({"container": "abc", "config": {"Env": ["A=1"], "Labels": {"rev": "1", "t": "x"}}},
+                              {"config": {"Env": ["A=2"], "Labels": {"rev": "2", "t": "x"}}}) == [
+        "config.Env", "config.Labels.rev", "container"]
