@@ -23,6 +23,10 @@ lint:
 bench:
     python bench/bench.py
 
+# bit-for-bit: two cold builds of ci and s4 in temporary stores must give the same image IDs
+reproduce:
+    python -m imagefactory reproduce ci s4 --report reports/reproduce.json
+
 setup:
     ci/setup
 

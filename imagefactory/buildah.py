@@ -323,6 +323,15 @@ class Buildah:
             except BuildahError:
                 pass
 
+    def export_layout(self, image: str, folder: Path, name: str) -> dict:
+        """Copy an image into an OCI layout folder, layers uncompressed (so a layer blob's digest is its
+        diff ID) and shared between the images copied there; returns the image's OCI manifest."""
+        self._call("push", "--quiet", "--disable-compression", image, f"oci:{folder}:{name}")
+        index = json.loads((folder / "index.json").read_text())
+        entry = next(m for m in reversed(index["manifests"])
+                     if (m.get("annotations") or {}).get("org.opencontainers.image.ref.name") == name)
+        return json.loads(oci_blob(folder, entry["digest"]).read_text())
+
     def _with_retries(self, what: str, attempt) -> None:
         """Retry transient registry failures with backoff; fail at once on the rest (see is_transient)."""
         tries = 0
@@ -531,10 +540,42 @@ class Buildah:
         next run removes (:meth:`remove_leftovers`)."""
         temp = owned_name(TEMP_IMAGE_REPO + ":" + _safe(ctr.removeprefix(CONTAINER_PREFIX))[:60])
         image_id = self.commit(ctr, temp, **kw)
+        if kw.get("image_format") == "docker" and kw.get("timestamp") is not None:
+            image_id = self.without_container_id(image_id)
         if names:
             self.tag(image_id, *names)
         self.untag(temp)
         return image_id
+
+    def without_container_id(self, image: str) -> str:
+        """The image without the ``container`` field of its Docker config; returns its ID.
+
+        buildah before 1.30 writes the working container's random ID into Docker-format configs even
+        with ``--timestamp`` (later versions leave it out), so no two builds of an image with a
+        HEALTHCHECK had the same ID. Only the config changes: a ``dir:`` copy holding the manifest and
+        the new config is pulled back, and the store reuses the layers it has by digest.
+        """
+        import hashlib
+        import tempfile
+
+        info = self.inspect(image)
+        config = json.loads(info.get("Config") or "{}")
+        if "container" not in config:
+            return image
+        config.pop("container")
+        raw = json.dumps(config, separators=(",", ":")).encode()
+        digest = hashlib.sha256(raw).hexdigest()
+        manifest = json.loads(info["Manifest"])
+        manifest["config"].update(digest=f"sha256:{digest}", size=len(raw))
+        folder = Path(tempfile.mkdtemp(prefix="config-", dir=self.scratch_dir()))
+        try:
+            (folder / "manifest.json").write_text(json.dumps(manifest))
+            (folder / digest).write_bytes(raw)
+            (folder / "version").write_text("Directory Transport Version: 1.1\n")
+            self._call("pull", "--quiet", f"dir:{folder}")
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return digest
 
     def version(self) -> str:
         return self._call("version", "--json")
@@ -567,6 +608,12 @@ class Container:
 
     def inspect(self) -> dict:
         return self.buildah.inspect(self.name, kind="container")
+
+
+def oci_blob(layout: Path, digest: str) -> Path:
+    """Where an OCI layout folder keeps the blob ``sha256:…``."""
+    algo, _, hexdigest = digest.partition(":")
+    return layout / "blobs" / algo / hexdigest
 
 
 def tail_of(path: Path, lines: int = TAIL_LINES) -> str:

@@ -30,7 +30,7 @@ from typing import ClassVar
 from .buildah import Mount
 from .sources import FetchedArchive, SourceError, SourcePin, Sources
 from .steps import PrepareContext, RenderContext, Rendered, RunCall, Step, StepError
-from .toolchain import Profile
+from .toolchain import BUILD_DIR, Profile
 
 PREFIX = "/usr/local"
 SRC_MOUNT = "/run/imagefactory/src"
@@ -262,7 +262,7 @@ def build_script(spec: LibrarySpec, archive: FetchedArchive, patches: list[tuple
         f"export LDFLAGS={q(profile.LDFLAGS)}",
         f"export EXE_LDFLAGS={q(' '.join(profile.exe_ldflags))}",
         'JOBS=$(nproc); export JOBS',
-        f"W=$(mktemp -d -t imagefactory-{spec.name}.XXXXXX)",
+        f"W={BUILD_DIR}; rm -rf \"$W\"; mkdir -p \"$W\"",  # one fixed path: it ends up in objects
         "trap 'rm -rf \"$W\"' EXIT INT TERM",
         'STAGE="$W/stage"; export STAGE',
         'mkdir -p "$W/src" "$STAGE"',
@@ -295,7 +295,7 @@ def build_script(spec: LibrarySpec, archive: FetchedArchive, patches: list[tuple
         f'{{ printf "%s" {q(head)}; printf "%s\\n" "$FILES" | sed "s/.*/\\"&\\"/" | paste -sd, -; '
         f'printf "]}}\\n"; }} > "$STAGE"{frag}',
         'cp -a "$STAGE"/. /',
-        "ldconfig",
+        "ldconfig && rm -f /var/cache/ldconfig/aux-cache  # inode numbers: differ every build",
         f'cd /; M={MANIFEST}; {{ printf \'{{"schema": 1, "libraries": [\'; sep=""; '
         f'for f in {MANIFEST_DIR}/*.json; do printf "%s" "$sep"; tr -d "\\n" < "$f"; sep=", "; done; '
         'printf "]}\\n"; } > "$M.tmp"; mv "$M.tmp" "$M"',

@@ -24,7 +24,7 @@ from .config import Settings
 from .platforms import Platform, get_platform
 from .prepare import FileDigests, HostFacts, host_facts, prepare_steps
 from .recipe import CATALOGUE, Recipe, RecipeError
-from .steps import ConfigCall, CopyFrom, RenderContext, Rendered, Step, StepError
+from .steps import ConfigCall, CopyFrom, HostCall, RenderContext, Rendered, RunCall, Step, StepError
 
 
 class PlanError(RecipeError):
@@ -339,7 +339,7 @@ def render(prepared: Plan) -> Plan:
         planned: list[PlannedStep] = []
         for i, step in enumerate(node.steps, 1):
             try:
-                planned.append(PlannedStep(i, step, step.render(ctx)))
+                planned.append(PlannedStep(i, step, with_epoch(step.render(ctx), prepared.settings.source_date_epoch)))
             except StepError as exc:
                 raise PlanError(str(exc)) from None
         layers, trailing = _group(planned)
@@ -372,6 +372,18 @@ def _budget_layers(node: Node, depths: dict[str, int], budget: int) -> None:
                                start + own)
         start = 1
     depths[node.name] = 1 if node.squash else start + own
+
+
+def with_epoch(rendered: Rendered, sde: int | None) -> Rendered:
+    """SOURCE_DATE_EPOCH for every command of a step, when it is set: tools that stamp dates into files
+    (useradd's last-change day, .pyc invalidation, gzip, gcc's __DATE__) then write the same bytes in
+    every build. It enters the key (the env of a RUN, an input of host work): the bytes depend on it."""
+    if sde is None:
+        return rendered
+    pin = ("SOURCE_DATE_EPOCH", str(sde))
+    calls = [replace(c, env=tuple(sorted({*c.env, pin}))) if isinstance(c, RunCall) else c for c in rendered.calls]
+    inputs = rendered.inputs + ([f"SOURCE_DATE_EPOCH={sde}"] if any(isinstance(c, HostCall) for c in calls) else [])
+    return replace(rendered, calls=calls, inputs=inputs)
 
 
 def _group(planned: list[PlannedStep]) -> tuple[list[Layer], list[PlannedStep]]:

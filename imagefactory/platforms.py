@@ -26,7 +26,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from .buildah import Container
     from .config import Settings
 
-APT_ENV = (("DEBIAN_FRONTEND", "noninteractive"), ("LC_ALL", "C.UTF-8"))
+# PYTHONHASHSEED: py3compile's .pyc files (set constants) come out the same in every build.
+APT_ENV = (("DEBIAN_FRONTEND", "noninteractive"), ("LC_ALL", "C.UTF-8"), ("PYTHONHASHSEED", "0"))
+# Written by every install, different every time (timestamps, inode numbers): never committed.
+APT_LEFTOVERS = ("/var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log /var/log/alternatives.log "
+                 "/var/cache/ldconfig/aux-cache /var/cache/debconf/*-old /var/lib/dpkg/*-old")
 APT_NET_OPTS = "-o Acquire::Retries=3 -o Acquire::http::Timeout=30 -o Acquire::https::Timeout=30"
 _MIRROR_DOWN = ("Failed to fetch", "Could not connect", "Temporary failure resolving", "Connection refused",
                 "Unable to connect", "Connection timed out", "Couldn't download", "Failed getting release file",
@@ -180,7 +184,7 @@ class DebianPlatform(Platform):
         # failed `apt-get update` instead of a misleading "Unable to locate package" later.
         script = (f"apt-get update -q --error-on=any {APT_NET_OPTS}\n"
                   f"apt-get install -y -q --no-install-recommends {APT_NET_OPTS} {' '.join(sorted(set(packages)))}\n"
-                  "apt-get clean\nrm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log")
+                  f"apt-get clean\nrm -rf {APT_LEFTOVERS}")
         return [RunCall(("/bin/sh", "-ec", script), APT_ENV)]
 
 
@@ -285,7 +289,7 @@ def bootstrap_into(call: HostCall, ctr: Container, log: Path, settings: Settings
 
     def bootstrap() -> None:
         empty_folder(root)  # a retry starts from nothing, as the tools require
-        ctr.buildah.host([*argv, str(root), mirror], log=log, env=_host_env())
+        ctr.buildah.host([*argv, str(root), mirror], log=log, env=_host_env(settings.source_date_epoch))
 
     def mirror_down(exc: BaseException) -> bool:
         from .buildah import BuildahError
@@ -299,24 +303,35 @@ def bootstrap_into(call: HostCall, ctr: Container, log: Path, settings: Settings
         ctr.umount()
 
 
-def _host_env() -> dict[str, str]:
+def _host_env(source_date_epoch: int | None = None) -> dict[str, str]:
+    """PATH and locale; SOURCE_DATE_EPOCH reaches the maintainer scripts (shadow's last-change day)."""
     import os
 
-    return {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LC_ALL": "C"}
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LC_ALL": "C", "PYTHONHASHSEED": "0"}
+    if source_date_epoch is not None:
+        env["SOURCE_DATE_EPOCH"] = str(source_date_epoch)
+    return env
 
 
 def _tidy_rootfs(root: Path) -> None:
-    """Drop what debootstrap leaves that no image needs (apt lists, caches, logs)."""
+    """Drop what debootstrap leaves that no image needs (apt lists, caches, logs), and what differs
+    between two bootstraps of the same packages (logs, backups, ldconfig's inode cache, the host's
+    name and resolver, which the container runtime provides); buildah's commit clamps the mtimes."""
     import shutil
 
     for pattern in ("var/lib/apt/lists/*", "var/cache/apt/*.bin", "var/cache/apt/archives/*.deb",
-                    "var/log/*.log", "var/log/apt/*", "var/cache/ldconfig/aux-cache"):
+                    "var/log/*.log", "var/log/apt/*", "var/cache/ldconfig/aux-cache", "var/cache/debconf/*-old",
+                    "var/lib/dpkg/*-old"):
         for path in glob.glob(str(root / pattern)):
             p = Path(path)
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
             elif p.name not in ("lock", "partial"):
                 p.unlink(missing_ok=True)
+    for name in ("etc/hostname", "etc/resolv.conf"):
+        p = root / name
+        if p.is_file() and not p.is_symlink():
+            p.write_text("")
 
 
 class DebianFull(Recipe):

@@ -1,5 +1,10 @@
 """Is a build reproducible? Build the targets twice, cold, in two fresh temporary stores and compare.
 
+``against_store`` (``--against-store``) costs one cold build instead of two: the targets are
+built in the user's own store as usual (cached steps are reused, so a store that already holds
+them builds nothing) and once cold in a temporary store, and the two are compared. That is what
+CI does with the store its end-to-end tests already filled.
+
 Both builds use the same ``SOURCE_DATE_EPOCH`` (explicit, else the ``source_date_epoch`` setting, else the
 commit time of the recipes' git HEAD), run with ``no_cache`` and share nothing but external parent images,
 which are copied byte for byte from the user's store into each temporary store (so both start from the
@@ -8,12 +13,15 @@ same image ID; parents not in the user's store are pulled by each build).
 The report compares, per image, the final image IDs and, per commit (one commit per group of steps),
 the layer that commit added (the last entry of ``RootFS.DiffIDs``) and the committed image ID. A step
 whose *layer* differs is what made the build non-reproducible; later commits then differ only by
-their parent, which the report tells apart.
+their parent, which the report tells apart. For each such layer the two layer tarballs are
+compared entry by entry (:mod:`imagefactory.layerdiff`): the report names every file that
+differs and how (content, mtime, mode, owner, only on one side).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import tempfile
@@ -23,9 +31,10 @@ from pathlib import Path
 
 import sh
 
-from .buildah import Buildah, BuildahError
+from .buildah import Buildah, BuildahError, oci_blob
 from .config import Settings
 from .execute import BuildFailed, BuildReport, Executor
+from .layerdiff import compare_layers
 from .plan import build_plan, resolve_graph
 from .walk import cache_ref
 
@@ -152,15 +161,19 @@ def _build_once(settings: Settings, targets: list[str]) -> tuple[BuildReport, di
 
 
 def check_reproducible(targets: list[str], settings: Settings, *, source_date_epoch: int | None = None,
-                       work_dir: Path | None = None, keep: bool = False,
+                       work_dir: Path | None = None, keep: bool = False, against_store: bool = False,
                        progress: Callable[[str], None] | None = None) -> dict:
-    """Two cold builds in two temporary stores; returns a JSON-able report.
+    """Two builds (two cold ones, or the user's store and one cold one); returns a JSON-able report.
 
     ``{"reproducible": bool, "source_date_epoch": int, "epoch_source": str, "seconds": float,
+       "against_store": bool,
        "images": [{"name", "target", "image_ids": [a, b], "same",
                    "steps": [{"index", "indexes", "kind", "summary", "layers": [a, b], "images": [a, b],
                               "same", "layer_same", "only_parent_differs"}]}],
-       "differing_steps": [{"image", "index", "kind", "summary", "layers"}], "stores": [paths if kept]}``
+       "differing_steps": [{"image", "index", "kind", "summary", "layers", "images", "config_only",
+                            "files": {"count", "files": [{"path", "what"}], "order_differs"},
+                            "config": [differing config fields, when only the config differs]}],
+       "stores": [paths if kept]}``
     """
     say = progress or (lambda _msg: None)
     targets = list(targets)
@@ -169,23 +182,80 @@ def check_reproducible(targets: list[str], settings: Settings, *, source_date_ep
     parent_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     runs: list[dict[str, dict]] = []
-    stores: list[tuple[Settings, Path]] = []
+    sides: list[Settings] = []
+    temps: list[tuple[Settings, Path]] = []
     try:
-        for label in ("a", "b"):
+        if against_store:
+            own = dataclasses.replace(settings, source_date_epoch=sde, no_cache=False, sbom_dir=None)
+            say(f"build in the store {settings.root or '(default)'} with SOURCE_DATE_EPOCH={sde} "
+                "(cached steps are reused)")
+            runs.append(_build_once(own, targets)[1])
+            sides.append(own)
+        for label in ("a", "b")[len(runs):]:
             base = Path(tempfile.mkdtemp(prefix=f"imagefactory-reproduce-{label}-", dir=parent_dir))
             temp = _temp_settings(settings, base, sde)
-            stores.append((temp, base))
+            temps.append((temp, base))
             seeded = _seed_external_parents(settings, temp, targets)
             say(f"cold build {label} in {base} (SOURCE_DATE_EPOCH={sde}"
                 + (f", seeded {', '.join(seeded)}" if seeded else "") + ")")
-            _report, images = _build_once(temp, targets)
-            runs.append(images)
+            runs.append(_build_once(temp, targets)[1])
+            sides.append(temp)
+        report = compare_runs(runs[0], runs[1], sde, epoch_source, time.monotonic() - started,
+                              [str(b) for _, b in temps] if keep else [])
+        report["against_store"] = against_store
+        if report["differing_steps"]:
+            say(f"comparing the files of {len(report['differing_steps'])} differing layer(s)")
+            explain_differences(report, sides, parent_dir, keep=keep)
+        return report
     finally:
         if not keep:
-            for temp, base in stores:
+            for temp, base in temps:
                 _destroy_store(temp, base)
-    return compare_runs(runs[0], runs[1], sde, epoch_source, time.monotonic() - started,
-                        [str(b) for _, b in stores] if keep else [])
+
+
+def explain_differences(report: dict, sides: list[Settings], scratch_parent: Path, *, keep: bool = False) -> None:
+    """Fill ``files`` of each differing step: the layer tarballs of both sides compared entry by entry.
+
+    Each side's commit images are copied into one OCI layout (layers uncompressed and shared between
+    the images, so exporting a chain costs its size once), then the last layer of both is read.
+    """
+    scratch = Path(tempfile.mkdtemp(prefix="imagefactory-reproduce-layers-", dir=scratch_parent))
+    try:
+        for n, step in enumerate(report["differing_steps"]):
+            images = step.get("images") or [None, None]
+            if None in images:
+                step["files"] = None  # one side has no commit here: the plans differ, not the bytes
+                continue
+            if step.get("config_only"):  # same layer, other image: the configs differ
+                configs = [json.loads(Buildah(st.storage).inspect(image).get("Config") or "{}")
+                           for st, image in zip(sides, images)]
+                step["files"], step["config"] = None, config_differences(*configs)
+                continue
+            blobs = []
+            for side, (settings, image) in enumerate(zip(sides, images)):
+                layout = scratch / "ab"[side]
+                manifest = Buildah(settings.storage).export_layout(image, layout, f"step-{n}")
+                blobs.append(oci_blob(layout, manifest["layers"][-1]["digest"]) if manifest.get("layers") else None)
+            step["files"] = compare_layers(*blobs) if None not in blobs else None
+    finally:
+        if keep:
+            report["layouts"] = [str(scratch / "a"), str(scratch / "b")]
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the config fields that differ (``container``, ``config.Labels``, ...)."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if va == vb:
+            continue
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_differences(va, vb, f"{prefix}{key}.")
+        else:
+            out.append(prefix + key)
+    return out
 
 
 def compare_runs(a: dict[str, dict], b: dict[str, dict], sde: int, epoch_source: str, seconds: float,
@@ -205,9 +275,10 @@ def compare_runs(a: dict[str, dict], b: dict[str, dict], sde: int, epoch_source:
                     "images": [ca["image"], cb["image"]], "same": same, "layer_same": layer_same,
                     "only_parent_differs": layer_same and not same and parent_differs}
             steps.append(step)
-            if not layer_same:
+            if not layer_same or not (same or step["only_parent_differs"]):
                 differing.append({"image": name, "index": step["index"], "kind": step["kind"],
-                                  "summary": step["summary"], "layers": step["layers"]})
+                                  "summary": step["summary"], "layers": step["layers"], "images": step["images"],
+                                  "config_only": layer_same})
             parent_differs = parent_differs or not same
         images.append({"name": name, "target": ia["target"], "image_ids": [ia["image_id"], ib["image_id"]],
                        "same": ia["image_id"] == ib["image_id"], "steps": steps})
@@ -215,4 +286,5 @@ def compare_runs(a: dict[str, dict], b: dict[str, dict], sde: int, epoch_source:
             "seconds": round(seconds, 3), "images": images, "differing_steps": differing, "stores": kept}
 
 
-__all__ = ["ReproduceError", "check_reproducible", "compare_runs", "recipes_commit_time", "resolve_epoch"]
+__all__ = ["ReproduceError", "check_reproducible", "compare_runs", "config_differences", "explain_differences", "recipes_commit_time",
+           "resolve_epoch"]

@@ -22,6 +22,11 @@ that use the profile.
 * Linker: ``-Wl,-z,relro -Wl,-z,now -Wl,-z,noexecstack -Wl,--as-needed
   -Wl,--no-copy-dt-needed-entries``.
 
+Reproducible objects (:data:`REPRODUCIBLE`, in both profiles): ``-frandom-seed`` replaces the
+random suffix GCC gives LTO section names (fat LTO objects in static archives differed in every
+build), and ``-ffile-prefix-map`` writes the build folder (always :data:`BUILD_DIR`) as
+``/usr/src/imagefactory`` into debug info and ``__FILE__``.
+
 Left out on purpose:
 
 * ``-pie`` in LDFLAGS: with GCC, ``-shared -pie`` on one command line links a PIE
@@ -75,6 +80,8 @@ def hardening_cflags(arch: str | None = None) -> tuple[str, ...]:
 
 
 HARDENING: tuple[str, ...] = hardening_cflags()
+BUILD_DIR = "/tmp/imagefactory-build"  # where BuildLibrary builds, inside the image's working container
+REPRODUCIBLE: tuple[str, ...] = ("-frandom-seed=imagefactory", f"-ffile-prefix-map={BUILD_DIR}=/usr/src/imagefactory")
 # C-only error flags that g++ rejects or warns about.
 _C_ONLY = frozenset({"-Werror=implicit", "-Werror=incompatible-pointer-types", "-Werror=int-conversion"})
 HARDENING_CXX: tuple[str, ...] = (*(f for f in HARDENING if f not in _C_ONLY), "-D_GLIBCXX_ASSERTIONS")
@@ -142,8 +149,8 @@ class Profile:
 
 DEBUG = Profile(
     name="debug",
-    cflags=("-O2", "-g", *HARDENING),
-    cxxflags=("-O2", "-g", *HARDENING_CXX),
+    cflags=("-O2", "-g", *HARDENING, *REPRODUCIBLE),
+    cxxflags=("-O2", "-g", *HARDENING_CXX, *REPRODUCIBLE),
     ldflags=HARDENING_LDFLAGS,
     strip=False,
     debug=True,
@@ -154,8 +161,8 @@ DEBUG = Profile(
 _LTO = ("-flto=auto", "-ffat-lto-objects")
 RELEASE = Profile(
     name="release",
-    cflags=("-O3", *_LTO, *HARDENING),
-    cxxflags=("-O3", *_LTO, *HARDENING_CXX),
+    cflags=("-O3", *_LTO, *HARDENING, *REPRODUCIBLE),
+    cxxflags=("-O3", *_LTO, *HARDENING_CXX, *REPRODUCIBLE),
     ldflags=("-O3", "-flto=auto", *HARDENING_LDFLAGS),
     strip=True,
     debug=False,
@@ -171,5 +178,5 @@ def get_profile(name: str) -> Profile:
         raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}") from None
 
 
-__all__ = ["DEBUG", "HARDENING", "HARDENING_CXX", "HARDENING_LDFLAGS", "PROFILES", "RELEASE", "Profile",
+__all__ = ["BUILD_DIR", "DEBUG", "HARDENING", "REPRODUCIBLE", "HARDENING_CXX", "HARDENING_LDFLAGS", "PROFILES", "RELEASE", "Profile",
            "arch_hardening", "get_profile", "hardening_cflags"]

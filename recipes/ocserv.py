@@ -285,7 +285,8 @@ class Build(Recipe):
                                      packaging_tools(self.settings)),
                              drop=UNUSED_BUILD_FILES + SANITIZER_RUNTIMES + PROFILER_FILES)
         yield CopyFrom("libraries", "/usr/local", "/usr/local")
-        yield Run("ldconfig", title="ldconfig: register the libraries in /usr/local/lib")
+        yield Run("ldconfig && rm -f /var/cache/ldconfig/aux-cache",  # its inode cache differs every build
+                  title="ldconfig: register the libraries in /usr/local/lib")
         yield AddUser("builder", 1000, 1000, home="/home/builder", owns=("/workspace",))
         yield Config(user="builder", workdir="/workspace", cmd=["bash"])
 

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -52,6 +52,7 @@ class Store:
     root: Path
     runroot: Path
     home: Path  # cache/state/logs for this store
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. the e2e store's SOURCE_DATE_EPOCH
 
     def args(self) -> list[str]:
         """Storage flags for direct buildah calls: the same driver imagefactory picks (rootless runs
@@ -73,6 +74,7 @@ class Store:
             "XDG_CONFIG_HOME": str(self.home / "config"),
             "IMAGEFACTORY_SOURCE_MIRRORS": str(SHARED_SOURCES),
         })
+        env.update(self.extra_env)
         env.update(extra)
         return env
 
@@ -275,18 +277,26 @@ def lib_images():
 
 
 # --- end-to-end: one store, built once per run ---------------------------------
+# Every e2e build pins its timestamps, so the images the e2e tests build are what a cold build with
+# the same epoch gives: `reproduce --against-store` compares against them with ONE more cold build.
+# IMAGEFACTORY_E2E_SOURCE_DATE_EPOCH: the epoch of a store reused through IMAGEFACTORY_E2E_ROOT.
+E2E_SOURCE_DATE_EPOCH = os.environ.get("IMAGEFACTORY_E2E_SOURCE_DATE_EPOCH", "1767225600")  # 2026-01-01
+
+
 @pytest.fixture(scope="session")
 def e2e_store():
     """The store all e2e tests share. IMAGEFACTORY_E2E_ROOT reuses a store across runs (developers)."""
     require_tool("buildah")
     keep = os.environ.get("IMAGEFACTORY_E2E_ROOT")
+    epoch = {"SOURCE_DATE_EPOCH": E2E_SOURCE_DATE_EPOCH}
     if keep:
         base = Path(keep)
-        s = Store(base / "root", base / "run", base / "home")
+        s = Store(base / "root", base / "run", base / "home", epoch)
         for p in (s.root, s.runroot, s.home):
             p.mkdir(parents=True, exist_ok=True)
         yield s
         return
     s = new_store("e2e")
+    s.extra_env.update(epoch)
     yield s
     s.destroy()

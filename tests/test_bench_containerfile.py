@@ -120,9 +120,9 @@ def test_run_keeps_the_exact_script_and_env_per_run(recipes):
     builder_run = run_argv(runs[0])
     assert builder_run == ["/usr/bin/env", "CC=gcc", "MSG=a b", "/bin/sh", "-ec", "make all"]
     install = run_argv(runs[1])
-    assert install[:3] == ["/usr/bin/env", "DEBIAN_FRONTEND=noninteractive", "LC_ALL=C.UTF-8"]
-    assert install[3:5] == ["/bin/sh", "-ec"] and "apt-get install -y -q --no-install-recommends" in install[5]
-    assert "curl" in install[5] and "ENV DEBIAN_FRONTEND" not in text  # per RUN, never persisted
+    assert install[:4] == ["/usr/bin/env", "DEBIAN_FRONTEND=noninteractive", "LC_ALL=C.UTF-8", "PYTHONHASHSEED=0"]
+    assert install[4:6] == ["/bin/sh", "-ec"] and "apt-get install -y -q --no-install-recommends" in install[6]
+    assert "curl" in install[6] and "ENV DEBIAN_FRONTEND" not in text  # per RUN, never persisted
 
 
 def test_calls_of_one_step_share_one_run_unless_asked(recipes):

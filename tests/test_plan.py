@@ -283,6 +283,35 @@ def test_ubi9_plan_renders_without_buildah():
     assert r.calls[0].argv[-1].startswith("microdnf install -y --nodocs --setopt=install_weak_deps=0 make pam-devel")
 
 
+def test_source_date_epoch_reaches_every_command_and_the_keys():
+    """Set, it is in the env of every RUN (useradd, py3compile and gcc read it) and keys the bootstrap;
+    unset, nothing changes."""
+
+    class Dated(Recipe):
+        """dated"""
+        name = uid("dated")
+        base = "slim"
+
+        def steps(self):
+            yield Install("make")
+            yield Run("useradd -m someone", env={"A": "1"})
+
+    pin = ("SOURCE_DATE_EPOCH", "1700000000")
+    plain = build_plan([Dated], settings())
+    pinned = build_plan([Dated], settings(source_date_epoch=1700000000))
+    for plan, wanted in ((plain, False), (pinned, True)):
+        for name in (Dated.name, "imagefactory-base-debian-slim"):
+            calls = [c for p in plan.node(name).planned for c in p.rendered.calls if isinstance(c, RunCall)]
+            assert calls and all((pin in c.env) is wanted for c in calls), name
+    (_, run) = pinned.node(Dated).planned
+    assert ("A", "1") in run.rendered.calls[0].env
+    (boot,) = pinned.node("imagefactory-base-debian-full").planned
+    assert "SOURCE_DATE_EPOCH=1700000000" in boot.rendered.inputs
+    (plain_boot,) = plain.node("imagefactory-base-debian-full").planned
+    assert step_key("scratch", boot.rendered) != step_key("scratch", plain_boot.rendered)
+    assert step_key("p", run.rendered) != step_key("p", plain.node(Dated).planned[1].rendered)
+
+
 # --- config --------------------------------------------------------------------------
 def test_config_precedence_file_env_cli(tmp_path):
     f = tmp_path / "imagefactory.yaml"

@@ -19,6 +19,7 @@ from rich.markup import escape
 from ..buildah import Buildah
 from ..cli import EXIT_FAIL, EXIT_OK, buildah_for, command, console, err_console, print_table
 from ..config import Settings
+from ..layerdiff import describe as describe_layer_diff
 from ..plan import resolve_graph
 from ..recipe import CATALOGUE, Recipe, RecipeError
 from ..facts import SupplyError, _labels, _lookup_external, image_facts  # noqa: F401  (re-exported)
@@ -480,7 +481,10 @@ def _reproduce_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source-date-epoch", type=int, help="timestamp for both builds (default: SOURCE_DATE_EPOCH / "
                                                           "source_date_epoch setting, else the recipes' git HEAD time)")
     p.add_argument("--work-dir", help="where the two temporary stores go (default: next to the state folder)")
-    p.add_argument("--keep", action="store_true", help="keep the temporary stores for inspection")
+    p.add_argument("--keep", action="store_true", help="keep the temporary stores (and exported layers) for inspection")
+    p.add_argument("--against-store", action="store_true",
+                   help="one cold build instead of two: compare it with the targets built in this store "
+                        "(built there first, with the cache, if they are not yet)")
 
 
 @command("reproduce", "build targets twice, cold, in two temporary stores and compare image IDs and layers",
@@ -491,6 +495,7 @@ def cmd_reproduce(args: argparse.Namespace, settings: Settings) -> int:
     try:
         report = check_reproducible(args.targets, settings, source_date_epoch=args.source_date_epoch,
                                     work_dir=Path(args.work_dir) if args.work_dir else None, keep=args.keep,
+                                    against_store=args.against_store,
                                     progress=lambda msg: err_console.print(msg, highlight=False, markup=False,
                                                                           soft_wrap=True))
     except ReproduceError as exc:
@@ -521,6 +526,13 @@ def print_reproduce_report(report: dict) -> None:
         for d in report["differing_steps"]:
             console.print(f"[red]differs:[/] {d['image']} step {d['index']} ({d['kind']}): {escape(d['summary'])}",
                           highlight=False, soft_wrap=True)
+            if d.get("config"):
+                console.print(f"  same layer, the image configs differ: {', '.join(d['config'])}", highlight=False)
+            files = d.get("files")
+            if files:
+                console.print(f"  {files['count']} file(s) differ in the layer:", highlight=False)
+                for line in describe_layer_diff(files):
+                    console.print(f"    {escape(line)}", highlight=False, soft_wrap=True)
 
 
 __all__ = ["SupplyError", "image_facts", "push_target", "sbom_for_target", "write_sboms_for_results"]

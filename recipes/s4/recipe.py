@@ -83,6 +83,7 @@ class S4Builder(Recipe):
             "npm run build\n"
             "npm prune --omit=dev --no-audit --no-fund\n"
             "find node_modules -mindepth 1 -depth -type d -empty -delete  # prune leaves empty folders\n"
+            "rm -rf /root/.npm  # npm's cache and logs: dated, different in every build\n"
             "test -f dist/server/server.js && test -f dist/public/index.html",
             title="npm ci && npm run build && npm prune --omit=dev")
 
