@@ -38,7 +38,7 @@ PATCH_MOUNT = "/run/imagefactory/patches"
 MANIFEST_DIR = "/usr/local/share/imagefactory/manifest.d"
 MANIFEST = "/usr/local/share/imagefactory/manifest.json"
 PATCHES_ROOT = Path(__file__).resolve().parent.parent / "patches"
-KINDS = ("autotools", "cmake", "make", "custom")
+BUILD_KINDS = ("autotools", "cmake", "make", "custom")
 
 # Debian package names a BuildLibrary step needs in the image (recipes install them).
 BUILD_DEPS: tuple[str, ...] = (
@@ -109,8 +109,8 @@ class LibrarySpec:
     smoke: str | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise StepError(f"{self.pin.library}: kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind not in BUILD_KINDS:
+            raise StepError(f"{self.pin.library}: kind must be one of {BUILD_KINDS}, got {self.kind!r}")
         if self.kind == "custom" and not self.script:
             raise StepError(f"{self.pin.library}: a custom build needs a script")
         if self.kind == "make":

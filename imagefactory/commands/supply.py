@@ -29,13 +29,14 @@ from ..sign import (ATTESTATION_TYPES, PROVENANCE_TYPE, Cosign, SigningError, re
                     signed_digests)
 
 SBOM_INDEX = "sboms.json"
-SBOM_KINDS = ("deb", "rpm", "source", "npm", "binary", "golang", "file")
 
 
 def sbom_counts(cdx_path: Path) -> dict[str, int]:
-    """Components per kind (see SBOM_KINDS) as written in the CycloneDX file."""
+    """Components per kind (see imagefactory.sbom.COMPONENT_KINDS) as written in the CycloneDX file."""
     data = json.loads(Path(cdx_path).read_text())
-    counts = dict.fromkeys(SBOM_KINDS, 0)
+    from ..sbom import COMPONENT_KINDS
+
+    counts = dict.fromkeys(COMPONENT_KINDS, 0)
     for comp in data.get("components", []):
         kind = next((p.get("value") for p in comp.get("properties", []) if p.get("name") == "imagefactory:kind"),
                     "other")
@@ -141,8 +142,10 @@ def write_sboms_for_results(settings: Settings, report) -> dict[str, dict]:
 
 
 def _counts_text(counts: dict[str, int]) -> str:
-    parts = [f"{counts.get(k, 0)} {k}" for k in SBOM_KINDS]
-    parts += [f"{v} {k}" for k, v in counts.items() if k not in (*SBOM_KINDS, "total")]
+    from ..sbom import COMPONENT_KINDS
+
+    parts = [f"{counts.get(k, 0)} {k}" for k in COMPONENT_KINDS]
+    parts += [f"{v} {k}" for k, v in counts.items() if k not in (*COMPONENT_KINDS, "total")]
     return ", ".join(parts) + f" ({counts.get('total', 0)} components)"
 
 

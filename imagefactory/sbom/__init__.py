@@ -30,7 +30,7 @@ from pathlib import Path
 from .documents import (build_cyclonedx, build_spdx, validate_cyclonedx_json, validate_spdx_document, write_cyclonedx,
                         write_spdx)
 from .licenses import _normalize_expression, debian_license_to_spdx
-from .model import (KINDS, MANIFEST_PATH, BaseImage, Component, ImageFacts, Inventory, ManifestError, PatchInfo,
+from .model import (COMPONENT_KINDS, MANIFEST_PATH, BaseImage, Component, ImageFacts, Inventory, ManifestError, PatchInfo,
                     SbomValidationError, _resolve_in_root, _safe_id, read_os_release)  # noqa: F401
 from .binaries import collect_pinned_binaries, collect_unclaimed_executables, dpkg_claims, manifest_claims
 from .npm import collect_installed_npm, collect_npm, discover_lockfiles, discover_npm
@@ -123,7 +123,7 @@ def _merge_duplicates(comps: list[Component]) -> list[Component]:
 
 def summary(inv: Inventory) -> dict[str, int]:
     """Counts per kind, e.g. ``{"deb": 412, "rpm": 0, "source": 5, "npm": 3, ..., "total": 420}``."""
-    out = {k: 0 for k in KINDS}
+    out = {k: 0 for k in COMPONENT_KINDS}
     for c in inv.components:
         out[c.kind] += 1
     out["total"] = len(inv.components)

@@ -15,7 +15,7 @@ from packageurl import PackageURL
 MANIFEST_PATH = "usr/local/share/imagefactory/manifest.json"
 DPKG_STATUS = "var/lib/dpkg/status"
 RPM_DB = "var/lib/rpm"
-KINDS = ("deb", "rpm", "source", "npm", "binary", "golang", "file")
+COMPONENT_KINDS = ("deb", "rpm", "source", "npm", "binary", "golang", "file")
 PROP_PREFIX = "imagefactory"
 SPDX_NAMESPACE_BASE = "https://spdx.org/spdxdocs/imagefactory"
 # Fixed namespace for uuid5 serial numbers: uuid5(NAMESPACE_URL, "imagefactory-sbom")
@@ -96,7 +96,7 @@ class Component:
         return self.purl or f"file:{self.name}"
 
     def sort_key(self) -> tuple:
-        return (KINDS.index(self.kind), self.name.lower(), self.name, self.version, self.ref)
+        return (COMPONENT_KINDS.index(self.kind), self.name.lower(), self.name, self.version, self.ref)
 
 
 @dataclass
