@@ -139,36 +139,31 @@ def walk(node: Node, parent_id: str | None, stage_ids: Mapping[str, str], provid
     base = parent_id  # None: unknown (a parent or stage that is not built yet)
     if node.flatten:
         key = step_key(base, node.flatten.rendered) if base else None
-        found = provider.find(key) if key else None
-        if found:
-            yield Decision(node, node.flatten, "hit", key, base, found)
-            base = found.image_id
-        else:
-            base = yield Decision(node, node.flatten, "run", key, base)
+        base = yield from _decide(node, node.flatten, key, base, provider, ("hit", "run"))
     for_children = None
     for layer in node.layers:
         key = _key(base, layer, stage_ids)
         if key and layer.final:
             key = step_key(key, layer.final.rendered)
-        found = provider.find(key) if key else None
-        if found:
-            yield Decision(node, layer, "hit", key, base, found)
-            base = found.image_id
-        else:
-            base = yield Decision(node, layer, "run", key, base)
+        base = yield from _decide(node, layer, key, base, provider, ("hit", "run"))
         if layer.final and layer.final.feeds_children:
             for_children = base
     for fc in node.finals:
         key = step_key(base, fc.rendered) if base else None
-        found = provider.find(key) if key else None
-        if found:
-            yield Decision(node, fc, "final-hit", key, base, found)
-            base = found.image_id
-        else:
-            base = yield Decision(node, fc, "final", key, base)
+        base = yield from _decide(node, fc, key, base, provider, ("final-hit", "final"))
         if fc.feeds_children:
             for_children = base
     return for_children
+
+
+def _decide(node: Node, unit: Layer | FinalCommit | Flatten, key: str | None, base: str | None,
+            provider: Provider, actions: tuple[str, str]) -> Walk:
+    """One decision: a hit where the provider finds the key, else a run; the image the next unit builds on."""
+    found = provider.find(key) if key else None
+    if found:
+        yield Decision(node, unit, actions[0], key, base, found)
+        return found.image_id
+    return (yield Decision(node, unit, actions[1], key, base))
 
 
 def _key(base: str | None, layer: Layer, stage_ids: Mapping[str, str]) -> str | None:
