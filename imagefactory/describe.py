@@ -63,7 +63,7 @@ def describe_image(node, decisions: list[Decision], plan: Plan, bd) -> dict:
     host_ca = plan.facts.host_ca if plan.facts else None
     for d in decisions:
         status = "hit" if d.hit else "miss"
-        common = {"status": status, "from": d.source, "key": d.key}
+        common = {"status": status, "from": d.source, "key": d.key, "image": d.found.image_id if d.found else None}
         if d.is_flatten:
             steps.append({"index": 0, "kind": "flatten", "summary": d.unit.rendered.summary, **common,
                           "calls": [shlex.join(bd.argv("commit", "--squash", "$CTR", "$FLAT"))], "secrets": []})

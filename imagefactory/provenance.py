@@ -97,18 +97,18 @@ def current_plan(settings: Settings, cls: type[Recipe], image_id: str) -> tuple[
 
     Raises :class:`ProvenanceError` unless that tree still produces ``image_id`` (all steps cached and
     the final key names it): otherwise the tree's git state would describe a different image."""
-    from .buildah import Buildah
     from .describe import describe_plan
-    from .walk import cache_ref
+
+    from .cache_registry import RegistryCache, RegistryProvider
 
     values = RecordingValues(settings.values)
     recording = dataclasses.replace(settings, values=values)
-    plan = describe_plan([cls.target_name()], recording)
+    cache = RegistryCache.from_settings(settings)  # a CI job that fetched the image asks the shared step cache
+    plan = describe_plan([cls.target_name()], recording, remote=RegistryProvider(cache) if cache else None)
     entry = next(p for p in plan if p["image"] == cls.name)
-    index = Buildah(settings.storage).image_index()
     misses = [s for s in entry["steps"] if s["status"] != "hit"]
     final = entry["steps"][-1]
-    if misses or not final.get("key") or index.get(cache_ref(final["key"])) != image_id:
+    if misses or not final.get("key") or final.get("image") != image_id:
         first = misses[0] if misses else final
         raise ProvenanceError(
             f"{cls.image_ref()} in this store was not built from the current recipe tree and settings (step "

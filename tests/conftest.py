@@ -29,7 +29,7 @@ SHARED_SOURCES = (REPO / ".." / "shared" / "sources").resolve()
 SCRATCH = Path(os.environ.get("IMAGEFACTORY_TEST_TMP", "/var/tmp"))
 # Knobs of the test harness itself, not imagefactory settings: these survive the scrub below.
 HARNESS_VARIABLES = {"IMAGEFACTORY_TEST_TMP", "IMAGEFACTORY_E2E_ROOT", "IMAGEFACTORY_QUADLET",
-                     "IMAGEFACTORY_PIPELINE_CHAINS"}
+                     "IMAGEFACTORY_PIPELINE_CHAINS", "IMAGEFACTORY_TEST_SHARED", "IMAGEFACTORY_E2E_SOURCE_DATE_EPOCH"}
 
 
 def scrub_settings_environment(environ=os.environ) -> list[str]:
