@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -20,6 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from packageurl import PackageURL
 
+from ..sources import sha256_file
 from .licenses import _normalize_expression
 from .model import PROP_PREFIX, Component, _read_text, _resolve_in_root
 
@@ -113,14 +113,6 @@ def go_build_info(path: Path) -> GoBuildInfo | None:
     return info
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _golang_purl(module: str, version: str) -> str:
     ns, _, name = module.rpartition("/")
     return PackageURL(type="golang", namespace=ns or None, name=name,
@@ -185,7 +177,7 @@ def collect_pinned_binaries(root: Path, refs: dict[str, str], notes: list[str],
                 notes.append(f"{where}: {p} is not in the image")
                 continue
             claimed.add(p)
-            props.append((f"{PROP_PREFIX}:binary:installed", f"{p} sha256:{sha256_of(host)}"))
+            props.append((f"{PROP_PREFIX}:binary:installed", f"{p} sha256:{sha256_file(host)}"))
             info = go_build_info(host)
             if info:
                 go += go_components(p, info)
@@ -252,7 +244,7 @@ def collect_unclaimed_executables(root: Path, claimed: set[str], claimed_dirs: s
                 if info:
                     out += go_components(image_path, info)
                     continue
-                digest = sha256_of(host)
+                digest = sha256_file(host)
                 out.append(Component(
                     kind="file", name=image_path, version="", purl=None, hashes={"SHA-256": digest},
                     properties=[(f"{PROP_PREFIX}:file:path", image_path),
