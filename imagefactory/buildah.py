@@ -267,11 +267,13 @@ class Buildah:
         self._call("rmi", name)
 
     def pull(self, ref: str, log: Path | None = None, *, tls_verify: bool = True,
-             authfile: str | None = None) -> str:
-        """Pull and return the image ID (for an index: the ID of this machine's platform entry)."""
+             authfile: str | None = None, arch: str | None = None) -> str:
+        """Pull and return the image ID (for an index: the ID of ``arch``'s entry, else this machine's)."""
         out = []
+        arch_args = ["--arch", arch] if arch else []
         self._with_retries(f"pull {ref}", lambda: out.append(self._call(
-            "pull", "--quiet", *_BUILDAH_RETRY_ARGS, *_registry_args(tls_verify, authfile), ref, log=log)))
+            "pull", "--quiet", *_BUILDAH_RETRY_ARGS, *_registry_args(tls_verify, authfile), *arch_args, ref,
+            log=log)))
         printed = out[-1].split() if out and out[-1] else []
         return printed[-1].removeprefix("sha256:") if printed else self.inspect(ref)["FromImageID"]
 
@@ -322,6 +324,37 @@ class Buildah:
                 self._call("manifest", "rm", listed, cleanup=True)
             except BuildahError:
                 pass
+
+    def manifest_list(self, name: str, images: list[str]) -> str:
+        """(Re)create the local manifest list ``name`` holding ``images`` (one per architecture, each
+        entry's platform read from its config); returns the list's ID."""
+        if self.exists(name):
+            self._call("manifest", "rm", name)  # never `rmi`: it can untag the images inside
+        list_id = self._call("manifest", "create", name).strip().split()[-1]
+        for image in images:
+            self._call("manifest", "add", name, f"containers-storage:{image}")
+        return list_id
+
+    def manifest_inspect(self, name: str) -> dict:
+        return json.loads(self._call("manifest", "inspect", name))
+
+    def push_manifest_list(self, name: str, destination: str, *, tls_verify: bool = True,
+                           authfile: str | None = None, log: Path | None = None) -> str:
+        """Push a local manifest list with every image in it; the digest of the index the registry serves."""
+        digest_file = self.scratch_dir() / f"digest-{uuid.uuid4().hex}"
+        argv = ["manifest", "push", "--all", *_registry_args(tls_verify, authfile), "--digestfile",
+                str(digest_file), name, f"docker://{destination}"]
+        try:
+            def attempt() -> None:
+                self._call(*argv, log=log)
+                if not digest_file.is_file() or not digest_file.read_text().strip():
+                    raise BuildahError(self.argv(*argv), 0, "buildah exited 0 but pushed nothing (buildah 1.28 "
+                                       "hides the registry's error)", log)
+
+            self._with_retries(f"push {destination}", attempt)
+            return digest_file.read_text().strip()
+        finally:
+            digest_file.unlink(missing_ok=True)
 
     def export_layout(self, image: str, folder: Path, name: str) -> dict:
         """Copy an image into an OCI layout folder, layers uncompressed (so a layer blob's digest is its

@@ -58,6 +58,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--storage-driver", dest="storage_driver", help="e.g. overlay, vfs")
     g.add_argument("--isolation", help="chroot (default), oci, rootless")
     g.add_argument("--platform", help=f"one of {', '.join(PLATFORMS)} (default debian)")
+    g.add_argument("--arch", dest="arches", metavar="ARCH[,ARCH]",
+                   help="CPU architectures, e.g. amd64,arm64 (default: `arches` setting, else this machine's); "
+                        "several make a manifest list (docs/multiarch.md)")
     g.add_argument("--config", help="settings file (default: ./imagefactory.yaml)")
     g.add_argument("--set", dest="set_values", action="append", default=[], metavar="KEY=VALUE",
                    help="recipe value, e.g. s4.context=PATH (repeatable)")
@@ -97,7 +100,7 @@ def parser() -> argparse.ArgumentParser:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     overrides = {k: getattr(args, k, None) for k in
-                 ("root", "runroot", "storage_driver", "isolation", "platform", "jobs", "cache_from", "cache_to",
+                 ("root", "runroot", "storage_driver", "isolation", "platform", "arches", "jobs", "cache_from", "cache_to",
                   "cache_required", "authfile", "tls_verify")}
     if getattr(args, "no_cache", False):
         overrides["no_cache"] = True

@@ -37,6 +37,8 @@ class Settings:
     isolation: str = "chroot"
     # what to build and how
     platform: str = "debian"
+    # CPU architectures to build (OCI names): empty = the build machine's; several make a manifest list
+    arches: list[str] = field(default_factory=list)
     jobs: int = field(default_factory=lambda: os.cpu_count() or 2)  # containers running at once
     squash: bool = True
     # overlay stacks at most ~128 layers: an image whose chain would pass this builds on a flattened parent
@@ -80,6 +82,13 @@ class Settings:
         tmp = Path(self.state_dir) / self.storage_key() / "tmp"
         return StorageOptions(self.root, self.runroot, self.storage_driver, self.isolation,
                               tmp_root=str(tmp)).resolved()
+
+    @property
+    def build_arches(self) -> tuple[str, ...]:
+        """The architectures to build, the build machine's when none are configured."""
+        from .arches import host_arch
+
+        return tuple(self.arches) or (host_arch().name,)
 
     def value(self, key: str, default: str | None = None) -> str | None:
         return self.values.get(key, default)
@@ -217,6 +226,13 @@ def _validate(settings: Settings, platforms: tuple[str, ...] = ()) -> None:
                               f"choose one of {', '.join(allowed)}")
     if settings.network_retries < 1:
         raise ConfigError(f"{settings.origin.get('network_retries')}: setting 'network_retries' must be at least 1")
+    if settings.arches:
+        from .arches import ArchError, parse_arches
+
+        try:
+            settings.arches = list(parse_arches(settings.arches))
+        except ArchError as exc:
+            raise ConfigError(f"{settings.origin.get('arches', 'default')}: setting 'arches': {exc}") from None
     if settings.jobs < 1:
         raise ConfigError(f"{settings.origin.get('jobs')}: setting 'jobs' must be at least 1")
 

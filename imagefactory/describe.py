@@ -37,13 +37,13 @@ def walk_plan(plan: Plan, provider: Provider, external: dict[str, str]) -> list[
     for node in plan.nodes:
         parent = node.parent
         if isinstance(parent, type):
-            parent_id = ids.get(parent.name)
+            parent_id = ids.get(node.parent_name or parent.name)
         elif isinstance(parent, str):
             parent_id = next((external[r] for r in (parent, f"docker.io/library/{parent}", f"localhost/{parent}")
                               if r in external), None)
         else:
             parent_id = SCRATCH
-        stage_ids = {d.name: ids[d.name] for d in node.deps if d.name in ids}
+        stage_ids = {d: ids[d] for d in node.dep_names if d in ids}
         steps = walk(node, parent_id, stage_ids, provider)
         decisions: list[Decision] = []
         try:
@@ -79,17 +79,17 @@ def describe_image(node, decisions: list[Decision], plan: Plan, bd) -> dict:
                 steps.append({"index": p.index, "kind": p.rendered.kind, "summary": p.rendered.summary, **common,
                               "key": None, "calls": [format_call(c, bd, host_ca) for c in p.rendered.calls],
                               "secrets": []})
-            target = node.recipe.image_ref() if not fc.feeds_children or fc.squash else "$STABLE"
+            target = node.ref if not fc.feeds_children or fc.squash else "$STABLE"
             steps.append({"index": fc.index, "kind": "final", "summary": fc.rendered.summary, **common,
                           "calls": [shlex.join(bd.argv("config", *fc.label_args, "$CTR")),
                                     shlex.join(bd.argv("commit", "--format", node.image_format,
                                                        *(["--squash"] if fc.squash else []), "$CTR", target))],
                           "secrets": []})
     parent = node.parent
-    pname = parent.name if isinstance(parent, type) else (parent or "scratch")
+    pname = (node.parent_name or parent.name) if isinstance(parent, type) else (parent or "scratch")
     return {"image": node.name, "target": node.recipe.target_name(), "parent": pname, "squash": node.squash,
-            "format": node.image_format, "platform": plan.platform.name, "deps": [d.name for d in node.deps],
-            "steps": steps}
+            "format": node.image_format, "platform": plan.platform.name, "arch": node.arch,
+            "target_arch": node.target_arch, "ref": node.ref, "deps": list(node.dep_names), "steps": steps}
 
 
 def format_call(c, bd, host_ca: str | None) -> str:

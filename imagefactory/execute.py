@@ -68,6 +68,7 @@ class ImageResult:
     misses: int = 0
     status: str = "pending"  # built | cached | failed | skipped
     size_budget_mb: float | None = None
+    arch: str = ""  # the architecture it is built for (OCI name)
     steps: list[StepRecord] = field(default_factory=list)
     error: str | None = None
 
@@ -146,8 +147,9 @@ class Executor:
         with self.locks.store(purpose, exclusive=False, note=self._note), _interrupts_as_flag(self):
             self._load_index()
             self.reporter.start(plan)
-            results = {n.name: ImageResult(n.name, n.recipe.target_name(), n.recipe.image_ref(),
-                                           size_budget_mb=n.recipe.size_budget(plan.platform.name))
+            results = {n.name: ImageResult(n.name, n.recipe.target_name(), n.ref,
+                                           size_budget_mb=n.recipe.size_budget(plan.platform.name),
+                                           arch=n.target_arch)
                        for n in plan.nodes}
             self._run_graph(plan, results)
             if self._interrupted:
@@ -265,7 +267,7 @@ class Executor:
                     reply = self._run(node, decision, base, stage_ids, result)
         except StopIteration as done:
             for_children = done.value
-        ref = node.recipe.image_ref()
+        ref = node.ref
         if last is not None and last.where != "local" and node.recipe not in plan.targets:
             final_id = last.image_id  # not a target: pulled only if a child or a CopyFrom needs it (_ensure_local)
         else:
@@ -370,6 +372,8 @@ class Executor:
             return new_id
         layer: Layer = decision.unit
         with self._container(image, node) as ctr:
+            if image is None and node.arch:  # from scratch: the config says what the image will hold
+                ctr.config(platform_args(node.arch))
             for p in layer.steps:
                 rec = StepRecord(p.index, p.rendered.kind, p.rendered.summary, decision.key, "run")
                 self.reporter.step(node, rec, total, running=True)
@@ -498,12 +502,12 @@ class Executor:
                     return self._index[ref]
             log = self.log_root / node.name / "00-pull.log"
             try:
-                return self.buildah.pull(parent, log=log)
+                return self.buildah.pull(parent, log=log, arch=node.arch or None)
             except BuildahError as exc:
                 raise BuildFailed(node.name, 0, f"pull {parent}", " ".join(exc.command), exc.stderr_tail,
                                   log) from None
         with self._lock:
-            return self._image_ids[parent.name]
+            return self._image_ids[node.parent_name or parent.name]
 
     def _fill_sizes(self, results: dict[str, ImageResult]) -> None:
         if any(r.status == "built" for r in results.values()):
@@ -585,12 +589,20 @@ def _interrupts_as_flag(executor: Executor):
             signal.signal(sig, old)
 
 
+def platform_args(arch: str) -> list[str]:
+    """``buildah config`` arguments naming an architecture (``buildah from scratch`` says: this machine's)."""
+    from .arches import get_arch
+
+    a = get_arch(arch)
+    return ["--os", "linux", "--arch", a.name, *(["--variant", a.variant] if a.variant else [])]
+
+
 class _StageMissing(RuntimeError):
     """A stage this image copies from was not built (it failed, or the build stopped)."""
 
 
 def _parent_name(node: Node) -> str | None:
-    return node.parent.name if isinstance(node.parent, type) else None
+    return (node.parent_name or node.parent.name) if isinstance(node.parent, type) else None
 
 
 class _LiveIndex:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .arches import host_arch
 from .config import Settings
 from .platforms import Platform, get_platform
 from .prepare import FileDigests, HostFacts, host_facts, prepare_steps
@@ -100,10 +101,22 @@ class Node:
     image_format: str = "oci"
     flatten: Flatten | None = None  # set by render() when the chain would pass `max_layers`
     depth: int = 0  # layers of the image children build on (1 when squashed)
+    # architectures (OCI names): what the image is (its binaries, its config), and what it is
+    # built for (differs only in a build-platform stage of a foreign-architecture build)
+    arch: str = ""
+    target_arch: str = ""
+    node_name: str = ""  # unique in the plan: the recipe's name, ``@ARCH`` added for a foreign target
+    parent_name: str | None = None  # the parent recipe's node
+    dep_names: list[str] = field(default_factory=list)  # the nodes of ``deps``
 
     @property
     def name(self) -> str:
-        return self.recipe.name
+        return self.node_name or self.recipe.name
+
+    @property
+    def ref(self) -> str:
+        """The image's local name (``-ARCH`` in the tag for a foreign target architecture)."""
+        return self.recipe.image_ref(self.target_arch or None)
 
     @property
     def squash(self) -> bool:
@@ -136,18 +149,22 @@ class Plan:
     facts: HostFacts | None = None  # set by prepare()
     rendered: bool = False
 
-    def node(self, recipe: type[Recipe] | str) -> Node:
+    def node(self, recipe: type[Recipe] | str, arch: str | None = None) -> Node:
+        """The node of a recipe (or node name); with ``arch``, the one built for that architecture."""
         name = recipe if isinstance(recipe, str) else recipe.name
         for n in self.nodes:
-            if n.name == name:
+            if n.name == name and arch in (None, n.target_arch):
                 return n
-        raise KeyError(name)
+        for n in self.nodes:
+            if n.recipe.name == name and arch in (None, n.target_arch):
+                return n
+        raise KeyError(name if arch is None else f"{name} ({arch})")
 
     def levels(self) -> list[list[Node]]:
         """Groups that can build concurrently: each level depends only on earlier ones."""
         depth: dict[str, int] = {}
         for n in self.nodes:
-            depth[n.name] = 1 + max((depth[d.name] for d in n.deps), default=-1)
+            depth[n.name] = 1 + max((depth[d] for d in n.dep_names), default=-1)
         out: list[list[Node]] = []
         for n in self.nodes:
             while len(out) <= depth[n.name]:
@@ -173,31 +190,49 @@ def build_plan(targets: Iterable[str | type[Recipe]], settings: Settings, *, dig
 
 # --- 1. the graph ---------------------------------------------------------------
 def resolve_graph(targets: Iterable[str | type[Recipe]], settings: Settings) -> Plan:
+    """The DAG of images for every target on every architecture of ``settings.build_arches``.
+
+    A node is a recipe planned for one target architecture. Images of a foreign architecture
+    run under emulation, except ``build_platform`` stages: those run on the build machine (their
+    own parents and plain stages they copy from too) and cross-compile for the target. Nodes for
+    the build machine's architecture keep the recipe's name, so they are shared with a native
+    build; the others are ``NAME@ARCH``.
+    """
     platform = get_platform(settings.platform)
     wanted = [CATALOGUE.get(t) if isinstance(t, str) else t for t in targets]
     if not wanted:
         raise PlanError("no targets given; `imagefactory list` shows what can be built")
+    host = host_arch().name
     nodes: dict[str, Node] = {}
     order: list[Node] = []
     visiting: list[str] = []
 
-    def visit(recipe: type[Recipe]) -> None:
-        if recipe.name in nodes:
-            return
-        if recipe.name in visiting:
-            cycle = " → ".join([*visiting[visiting.index(recipe.name):], recipe.name])
+    def node_name(recipe: type[Recipe], target: str) -> str:
+        return recipe.name if target == host else f"{recipe.name}@{target}"
+
+    def dep_target(owner: type[Recipe], dep: type[Recipe], target: str) -> str:
+        """What a parent or stage is built for: a build-platform stage's plain dependencies run natively."""
+        return target if dep.build_platform or not owner.build_platform else host
+
+    def visit(recipe: type[Recipe], target: str) -> str:
+        name = node_name(recipe, target)
+        if name in nodes:
+            return name
+        if name in visiting:
+            cycle = " → ".join([*visiting[visiting.index(name):], name])
             raise PlanError(f"recipe cycle: {cycle}; a recipe cannot build on itself")
-        visiting.append(recipe.name)
+        visiting.append(name)
         if recipe.platform_name and recipe.platform_name != platform.name:
             raise PlanError(f"recipe {recipe.name!r} is a {recipe.platform_name} base, "
                             f"but the platform is {platform.name}")
+        arch = host if recipe.build_platform else target
         parent = resolve_parent(recipe, platform)
         deps: list[type[Recipe]] = [parent] if isinstance(parent, type) else []
         steps = []
-        for step in own_steps(recipe, settings):
+        for step in own_steps(recipe, settings, arch, target):
             if isinstance(step, CopyFrom):
                 stage_cls = resolve_stage(recipe, step.stage)
-                step = replace(step, stage_name=stage_cls.name)
+                step = replace(step, stage_name=node_name(stage_cls, dep_target(recipe, stage_cls, target)))
                 if stage_cls not in deps:
                     deps.append(stage_cls)
             for stage in step.depends_on() if not isinstance(step, CopyFrom) else ():
@@ -205,18 +240,21 @@ def resolve_graph(targets: Iterable[str | type[Recipe]], settings: Settings) -> 
                 if stage_cls not in deps:
                     deps.append(stage_cls)
             steps.append(step)
-        for dep in deps:
-            visit(dep)
+        dep_names = [visit(dep, dep_target(recipe, dep, target)) for dep in deps]
         visiting.pop()
-        node = Node(recipe, parent, deps, steps, base_variant=base_variant(recipe, platform))
-        nodes[recipe.name] = node
+        node = Node(recipe, parent, deps, steps, base_variant=base_variant(recipe, platform), arch=arch,
+                    target_arch=target, node_name=name, dep_names=dep_names,
+                    parent_name=dep_names[0] if isinstance(parent, type) else None)
+        nodes[name] = node
         order.append(node)
+        return name
 
-    for recipe in wanted:
-        visit(recipe)
+    for target in settings.build_arches:
+        for recipe in wanted:
+            visit(recipe, target)
     built_upon = _built_upon(platform) | {d.name for n in order for d in n.deps}
     for node in order:
-        node.leaf = node.name not in built_upon
+        node.leaf = node.recipe.name not in built_upon
         node.shipped = not node.recipe.hidden and not _is_stage(node.recipe)
     return Plan(settings, platform, order, wanted)
 
@@ -260,9 +298,10 @@ def resolve_stage(owner: type[Recipe], stage: object) -> type[Recipe]:
     raise PlanError(f"recipe {owner.name!r}: CopyFrom needs a recipe class or stage name, got {stage!r}")
 
 
-def own_steps(recipe: type[Recipe], settings: Settings) -> list[Step]:
+def own_steps(recipe: type[Recipe], settings: Settings, arch: str | None = None,
+              target: str | None = None) -> list[Step]:
     try:
-        steps = list(recipe(settings).steps())
+        steps = list(recipe(settings, arch, target).steps())
     except RecipeError:
         raise
     except Exception as exc:  # a recipe's own code failed: say which recipe
@@ -335,7 +374,7 @@ def render(prepared: Plan) -> Plan:
     formats: dict[str, str] = {}
     depths: dict[str, int] = {}
     for node in prepared.nodes:
-        ctx = RenderContext(prepared.settings, prepared.platform, node.recipe, node.base_variant)
+        ctx = RenderContext(prepared.settings, prepared.platform, node.recipe, node.base_variant, node.arch)
         planned: list[PlannedStep] = []
         for i, step in enumerate(node.steps, 1):
             try:
@@ -343,7 +382,7 @@ def render(prepared: Plan) -> Plan:
             except StepError as exc:
                 raise PlanError(str(exc)) from None
         layers, trailing = _group(planned)
-        parent_format = formats.get(node.parent.name) if isinstance(node.parent, type) else None
+        parent_format = formats.get(node.parent_name) if node.parent_name else None
         fmt = "docker" if parent_format == "docker" or any(s.needs_docker_format for s in node.steps) else "oci"
         formats[node.name] = fmt
         done = replace(node, layers=layers, image_format=fmt)
@@ -362,7 +401,7 @@ def _budget_layers(node: Node, depths: dict[str, int], budget: int) -> None:
     The flattened parent is its own cache entry (keyed on the parent's ID), so the keys of this
     image's steps keep their meaning: same parent, same flattening, same keys.
     """
-    start = depths.get(node.parent.name, 1) if isinstance(node.parent, type) else 1
+    start = depths.get(node.parent_name, 1) if node.parent_name else 1
     own = len(node.layers) + len(node.finals)  # a folded final adds no layer
     if start > 1 and start + own > budget:
         parent = node.parent.name if isinstance(node.parent, type) else node.parent
@@ -445,7 +484,7 @@ def final_commits(node: Node, settings: Settings, facts: HostFacts, trailing: li
 
     calls = [c for p in trailing for c in p.rendered.calls]
     facts_text = [f"squash={node.squash}", f"format={node.image_format}", f"timestamp={settings.source_date_epoch}"]
-    ref = node.recipe.image_ref()
+    ref = node.ref
     squashed = " (squashed)" if node.squash else ""
     if node.leaf:  # no child builds on it: one commit carries everything
         label_args = args(labels.items())

@@ -272,12 +272,17 @@ class Bootstrap(Step):
     def render(self, ctx: RenderContext) -> Rendered:
         if not self.mirror or not self.tool:
             raise ctx.fail("Bootstrap was rendered before it was prepared")
-        options = (f"--variant={self.variant}", f"--include={','.join(self.include)}", "--components=main")
+        from .arches import get_arch, host_arch
+
+        arch = get_arch(ctx.arch) if ctx.arch else host_arch()
+        options = (f"--variant={self.variant}", f"--include={','.join(self.include)}", "--components=main",
+                   f"--architectures={arch.name}")  # a foreign one runs its maintainer scripts under qemu
         argv = [*self.tool, *options, self.suite, "<container root>", self.mirror]
         call = HostCall("bootstrap", " ".join(argv),
                         params=(("argv", json.dumps([*self.tool, *options, self.suite])), ("mirror", self.mirror)),
                         key=self.mirror)
-        return Rendered(self.kind, f"{self.tool[0]} {self.suite} ({self.variant}) from {self.mirror}", [call])
+        return Rendered(self.kind, f"{self.tool[0]} {self.suite} ({self.variant}, {arch.name}) from {self.mirror}",
+                        [call])
 
 
 @host_action("bootstrap")

@@ -69,6 +69,14 @@ class Recipe:
       runtime         :class:`Runtime` settings for quadlet/shell
       labels          extra OCI labels
       licenses        SPDX expression for org.opencontainers.image.licenses
+      build_platform  a stage that always runs on the build machine's architecture and produces
+                      files for the image's (``--platform=$BUILDPLATFORM`` in BuildKit): its
+                      ``steps()`` see ``self.target`` (what to build for) next to ``self.arch``
+                      (what it runs on) and cross-compile when ``self.cross``
+
+    Instances know the architecture they are planned for: ``self.arch`` (the image's own, an
+    :class:`~imagefactory.arches.Arch`) and ``self.target`` (the architecture its output is for;
+    the same except in a ``build_platform`` stage of a foreign-architecture build).
     """
 
     name: ClassVar[str]
@@ -84,9 +92,19 @@ class Recipe:
     licenses: ClassVar[str] = "NOASSERTION"
     hidden: ClassVar[bool] = False  # stages and bases: built when needed, not listed as targets
     platform_name: ClassVar[str | None] = None  # set on platform base recipes
+    build_platform: ClassVar[bool] = False
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, arch: str | None = None, target: str | None = None):
+        from .arches import get_arch, host_arch
+
         self.settings = settings
+        self.arch = get_arch(arch) if arch else host_arch()
+        self.target = get_arch(target) if target else self.arch
+
+    @property
+    def cross(self) -> bool:
+        """True in a build-platform stage whose output is for another architecture."""
+        return self.arch != self.target
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -136,8 +154,19 @@ class Recipe:
         return budget.get(platform) if isinstance(budget, dict) else budget
 
     @classmethod
-    def image_ref(cls) -> str:
+    def image_ref(cls, arch: str | None = None) -> str:
+        """The local name: ``localhost/NAME:VERSION`` for the build machine's architecture, with
+        ``-ARCH`` appended to the tag for another (``ocserv-modern-ci:latest-arm64``)."""
+        from .arches import get_arch, host_arch
+
+        if arch and get_arch(arch) != host_arch():
+            return f"localhost/{cls.name}:{cls.version}-{get_arch(arch).name}"
         return f"localhost/{cls.name}:{cls.version}"
+
+    @classmethod
+    def manifest_ref(cls) -> str:
+        """The local manifest list of a multi-architecture build (``build --arch amd64,arm64``)."""
+        return f"localhost/{cls.name}:{cls.version}-multiarch"
 
 
 class Catalogue:

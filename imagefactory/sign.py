@@ -154,9 +154,10 @@ class Cosign:
         return ["--key", keys.key] if keys.key else []
 
     # -- signing ----------------------------------------------------------------------------------
-    def sign(self, digest_ref: str, keys: KeyMaterial) -> CosignResult:
+    def sign(self, digest_ref: str, keys: KeyMaterial, *, recursive: bool = False) -> CosignResult:
+        """Sign the image; with ``recursive``, a manifest list and every image it lists."""
         _require_digest(digest_ref)
-        args = ["sign", *self._key_args(keys), f"--tlog-upload={'true' if self.tlog else 'false'}", "--yes",
+        args = ["sign", *self._key_args(keys), *(["--recursive"] if recursive else []), f"--tlog-upload={'true' if self.tlog else 'false'}", "--yes",
                 *self._registry_flags(), *self.extra_args, digest_ref]
         return self._raise_on_key_problems(self._run(args, keys))
 

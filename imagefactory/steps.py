@@ -54,6 +54,7 @@ class RenderContext:
     platform: Any  # imagefactory.platforms.Platform (platforms imports this module)
     recipe: type
     base_variant: str | None = None
+    arch: str | None = None  # what the image is (OCI name); None: the build machine's
 
     def fail(self, message: str) -> StepError:
         return StepError(f"recipe {getattr(self.recipe, 'name', self.recipe.__name__)!r}: {message}")

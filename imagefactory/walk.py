@@ -138,18 +138,18 @@ def walk(node: Node, parent_id: str | None, stage_ids: Mapping[str, str], provid
     """
     base = parent_id  # None: unknown (a parent or stage that is not built yet)
     if node.flatten:
-        key = step_key(base, node.flatten.rendered) if base else None
+        key = step_key(_keyed(base, node), node.flatten.rendered) if base else None
         base = yield from _decide(node, node.flatten, key, base, provider, ("hit", "run"))
     for_children = None
     for layer in node.layers:
-        key = _key(base, layer, stage_ids)
+        key = _key(_keyed(base, node), layer, stage_ids)
         if key and layer.final:
             key = step_key(key, layer.final.rendered)
         base = yield from _decide(node, layer, key, base, provider, ("hit", "run"))
         if layer.final and layer.final.feeds_children:
             for_children = base
     for fc in node.finals:
-        key = step_key(base, fc.rendered) if base else None
+        key = step_key(_keyed(base, node), fc.rendered) if base else None
         base = yield from _decide(node, fc, key, base, provider, ("final-hit", "final"))
         if fc.feeds_children:
             for_children = base
@@ -164,6 +164,12 @@ def _decide(node: Node, unit: Layer | FinalCommit | Flatten, key: str | None, ba
         yield Decision(node, unit, actions[0], key, base, found)
         return found.image_id
     return (yield Decision(node, unit, actions[1], key, base))
+
+
+def _keyed(base: str | None, node: Node) -> str | None:
+    """The parent as key material: an image ID carries its architecture; nothing (scratch) does,
+    so an image built from scratch keys on the architecture it is for."""
+    return f"{SCRATCH}/{node.arch}" if base == SCRATCH and node.arch else base
 
 
 def _key(base: str | None, layer: Layer, stage_ids: Mapping[str, str]) -> str | None:

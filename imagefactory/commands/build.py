@@ -14,6 +14,7 @@ from ..cli import EXIT_FAIL, EXIT_OK, buildah_for, command, console, err_console
 from ..config import Settings
 from ..execute import BuildFailed, Executor
 from ..locks import store_lock
+from ..multiarch import is_multiarch, make_manifest_lists
 from .. import rootless
 from ..plan import build_plan
 from ..platforms import host_debian_mirror
@@ -145,6 +146,11 @@ def run_build(targets: list[str], settings: Settings, verbose: bool = False) -> 
         reporter.close()
     data = result.to_dict()
     data.update(_cache_report(cache, warnings))
+    if result.ok and is_multiarch(settings.build_arches):
+        data["manifest_lists"] = make_manifest_lists(bd, plan.targets, settings.build_arches)
+        for made in data["manifest_lists"]:
+            console.print(f"{made['list']}: " + ", ".join(f"{i['arch']} {i['ref']}" for i in made["instances"]),
+                          highlight=False, markup=False, soft_wrap=True)
     return data, EXIT_OK if result.ok else EXIT_FAIL
 
 

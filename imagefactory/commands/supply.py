@@ -20,6 +20,7 @@ from ..buildah import Buildah
 from ..cli import EXIT_FAIL, EXIT_OK, buildah_for, command, console, err_console, print_table
 from ..config import Settings
 from ..layerdiff import describe as describe_layer_diff
+from ..multiarch import is_multiarch
 from ..plan import resolve_graph
 from ..recipe import CATALOGUE, Recipe, RecipeError
 from ..facts import SupplyError, _labels, _lookup_external, image_facts  # noqa: F401  (re-exported)
@@ -234,12 +235,22 @@ def push_target(settings: Settings, target: str, registry: str, *, tls_verify: b
     """Push a built target to ``CATALOGUE/NAME:TAG`` and record the digest the registry serves."""
     bd = bd or buildah_for(settings)
     cls = CATALOGUE.get(target)
-    local = cls.image_ref()
-    if not bd.exists(local):
-        raise SupplyError(f"{local} is not built in this store: run `imagefactory build {cls.target_name()}` first")
-    image_id = str(bd.inspect(local)["FromImageID"]).removeprefix("sha256:")
     dest = remote_ref(registry, cls.name, cls.version)
-    digest = bd.push(local, f"docker://{dest}", tls_verify=tls_verify)
+    if is_multiarch(settings.build_arches):  # the manifest list, with every instance
+        local = cls.manifest_ref()
+        image_id = bd.image_index().get(local, "")
+        if not image_id:
+            raise SupplyError(f"{local} (the manifest list of {', '.join(settings.build_arches)}) is not built in "
+                              f"this store: run `imagefactory build {cls.target_name()} --arch "
+                              f"{','.join(settings.build_arches)}` first")
+        digest = bd.push_manifest_list(local, dest, tls_verify=tls_verify)
+    else:
+        local = cls.image_ref()
+        if not bd.exists(local):
+            raise SupplyError(f"{local} is not built in this store: run `imagefactory build {cls.target_name()}` "
+                              "first")
+        image_id = str(bd.inspect(local)["FromImageID"]).removeprefix("sha256:")
+        digest = bd.push(local, f"docker://{dest}", tls_verify=tls_verify)
     if not digest.startswith("sha256:"):
         raise SupplyError(f"push of {local} to {dest} returned no digest ({digest!r})")
     record = new_record(cls.target_name(), dest, digest, registry, local, image_id)
@@ -302,9 +313,10 @@ def _pushed_for(settings: Settings, cls: type[Recipe], registry: str, bd: Builda
         raise SupplyError(f"{cls.target_name()} has not been pushed to {registry} from this store: run "
                           f"`imagefactory push {cls.target_name()} --registry {registry}` first")
     index = bd.image_index()
-    local_id = index.get(cls.image_ref())
+    local = cls.manifest_ref() if is_multiarch(settings.build_arches) else cls.image_ref()
+    local_id = index.get(local)
     if local_id and rec.image_id and local_id != rec.image_id:
-        raise SupplyError(f"{cls.image_ref()} was rebuilt since it was pushed as {rec.ref}@{rec.digest}: run "
+        raise SupplyError(f"{local} was rebuilt since it was pushed as {rec.ref}@{rec.digest}: run "
                           f"`imagefactory push {cls.target_name()} --registry {registry}` again before signing")
     return rec
 
@@ -342,7 +354,8 @@ def cmd_sign(args: argparse.Namespace, settings: Settings) -> int:
                 if sboms is None or (args.sbom_dir and Path(sboms["spdx"]).parent != sbom_dir):
                     sboms = sbom_for_target(settings, cls, sbom_dir, bd, registry=registry)
                 item["sboms"] = {"spdx": sboms["spdx"], "cyclonedx": sboms["cyclonedx"]}
-            res = cosign.sign(rec.digest_ref, keys)
+            # a manifest list: the index and each instance (cosign --recursive)
+            res = cosign.sign(rec.digest_ref, keys, recursive=is_multiarch(settings.build_arches))
             if not res.ok:
                 raise SigningError(f"signing {rec.digest_ref} failed; nothing was signed", "", res.error)
             item["signed"] = True
