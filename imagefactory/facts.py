@@ -28,12 +28,14 @@ def _lookup_external(index: dict[str, str], ref: str) -> str | None:
     return None
 
 
-def image_facts(settings: Settings, target: str | type[Recipe], bd: Buildah, registry: str | None = None):
-    """:class:`~imagefactory.sbom.ImageFacts` for a built target: ID, labels, parent chain, base, digest."""
+def image_facts(settings: Settings, target: str | type[Recipe], bd: Buildah, registry: str | None = None,
+                arch: str | None = None):
+    """:class:`~imagefactory.sbom.ImageFacts` for a built target (its ``arch`` instance): ID, labels,
+    parent chain, base, digest."""
     from .sbom import BaseImage, ImageFacts
 
     cls = CATALOGUE.get(target) if isinstance(target, str) else target
-    ref = cls.image_ref()
+    ref = cls.image_ref(arch)
     index = bd.image_index()
     if ref not in index:
         raise SupplyError(f"{ref} is not built in this store: run `imagefactory build {cls.target_name()}` first")
@@ -43,18 +45,20 @@ def image_facts(settings: Settings, target: str | type[Recipe], bd: Buildah, reg
     plan = resolve_graph([cls], settings)
     parents: list[tuple[str, str]] = []
     base = None
-    parent = plan.node(cls).parent
+    node = plan.node(cls, arch)
+    parent = node.parent
     for _ in range(64):
         if parent is None:
             break
         if isinstance(parent, type):
-            pid = index.get(parent.image_ref()) or ""
+            node = plan.node(node.parent_name)
+            pid = index.get(node.ref) or ""
             parents.append((parent.name, pid))
             if getattr(parent, "platform_name", None):
                 base = BaseImage(description=parent.description() or f"{parent.platform_name} base image",
                                  image_id=pid or None, name=parent.name)
                 break
-            parent = plan.node(parent).parent
+            parent = node.parent
         else:
             pid = _lookup_external(index, parent) or ""
             parents.append((parent, pid))

@@ -20,6 +20,7 @@ from ..buildah import Buildah
 from ..cli import EXIT_FAIL, EXIT_OK, buildah_for, command, console, err_console, print_table
 from ..config import Settings
 from ..layerdiff import describe as describe_layer_diff
+from ..arches import get_arch
 from ..multiarch import is_multiarch
 from ..plan import resolve_graph
 from ..recipe import CATALOGUE, Recipe, RecipeError
@@ -50,40 +51,52 @@ def default_sbom_dir(settings: Settings) -> Path:
     return Path(settings.sbom_dir) if settings.sbom_dir else settings.state_path() / "sbom"
 
 
-def build_stages(settings: Settings, cls: type[Recipe]) -> list[type[Recipe]]:
+def build_stages(settings: Settings, cls: type[Recipe], arch: str | None = None) -> list[type[Recipe]]:
     """The stages the image and its recipe parents copy artifacts from (``CopyFrom``), nearest first."""
+    return [cls for cls, _ref in stage_images(settings, cls, arch)]
+
+
+def stage_images(settings: Settings, cls: type[Recipe], arch: str | None = None) -> list[tuple[type[Recipe], str]]:
+    """:func:`build_stages` with the local name of each stage's image for the ``arch`` instance."""
     plan = resolve_graph([cls], settings)
-    out: list[type[Recipe]] = []
-    node = plan.node(cls)
+    out: list[tuple[type[Recipe], str]] = []
+    node = plan.node(cls, arch)
     while node is not None:
-        out += [d for d in node.deps if d is not node.parent and d not in out]
-        node = plan.node(node.parent) if isinstance(node.parent, type) else None
+        for dep, name in zip(node.deps, node.dep_names):
+            if dep is not node.parent and dep not in [c for c, _ in out]:
+                out.append((dep, plan.node(name).ref))
+        node = plan.node(node.parent_name) if node.parent_name else None
     return out
 
 
 def sbom_for_target(settings: Settings, target: str | type[Recipe], out_dir: Path | None = None,
-                    bd: Buildah | None = None, registry: str | None = None) -> dict:
+                    bd: Buildah | None = None, registry: str | None = None, arch: str | None = None) -> dict:
     """Mount the target's image (and the build stages it copies from, whose lockfiles say what went into
-    the copied artifacts), write ``NAME.spdx.json`` + ``NAME.cdx.json``; return paths and counts."""
+    the copied artifacts), write ``NAME.spdx.json`` + ``NAME.cdx.json``; return paths and counts.
+
+    ``arch``: that architecture's instance; a foreign one's SBOMs go to ``OUT/ARCH/``."""
     from contextlib import ExitStack
 
     from ..sbom import write_sboms
 
     bd = bd or buildah_for(settings)
     cls = CATALOGUE.get(target) if isinstance(target, str) else target
-    facts = image_facts(settings, cls, bd, registry=registry)
+    facts = image_facts(settings, cls, bd, registry=registry, arch=arch)
     out = Path(out_dir) if out_dir else default_sbom_dir(settings)
+    ref = cls.image_ref(arch)
+    if ref != cls.image_ref():
+        out = out / get_arch(arch).name
     out.mkdir(parents=True, exist_ok=True)
     index = bd.image_index()
     with ExitStack() as stack:
-        stages = {st.name: stack.enter_context(bd.mounted_image(st.image_ref()))
-                  for st in build_stages(settings, cls) if st.image_ref() in index}
-        root = stack.enter_context(bd.mounted_image(cls.image_ref()))
+        stages = {st.name: stack.enter_context(bd.mounted_image(st_ref))
+                  for st, st_ref in stage_images(settings, cls, arch) if st_ref in index}
+        root = stack.enter_context(bd.mounted_image(ref))
         paths = write_sboms(root, facts, out, stages=stages)
-    entry = {"target": cls.target_name(), "image": cls.name, "image_id": facts.image_id, "digest": facts.digest,
-             "spdx": str(paths["spdx"]), "cyclonedx": str(paths["cyclonedx"]),
+    entry = {"target": cls.target_name(), "image": cls.name, "ref": ref, "image_id": facts.image_id,
+             "digest": facts.digest, "spdx": str(paths["spdx"]), "cyclonedx": str(paths["cyclonedx"]),
              "counts": sbom_counts(paths["cyclonedx"]), "written_at": time.time()}
-    _update_sbom_index(settings, cls.name, entry)
+    _update_sbom_index(settings, cls.name if ref == cls.image_ref() else f"{cls.name}@{get_arch(arch).name}", entry)
     return entry
 
 
@@ -164,10 +177,10 @@ def cmd_sbom(args: argparse.Namespace, settings: Settings) -> int:
     bd = buildah_for(settings)
     data = []
     try:
-        for target in args.targets:
-            entry = sbom_for_target(settings, target, out, bd, registry=registry)
+        for target, arch in [(t, a) for t in args.targets for a in settings.build_arches]:
+            entry = sbom_for_target(settings, target, out, bd, registry=registry, arch=arch)
             data.append(entry)
-            console.print(f"[bold]{escape(entry['image'])}[/] {entry['image_id'][:12]}: {_counts_text(entry['counts'])}",
+            console.print(f"[bold]{escape(entry['ref'])}[/] {entry['image_id'][:12]}: {_counts_text(entry['counts'])}",
                           highlight=False, soft_wrap=True)
             console.print(f"  spdx:      {entry['spdx']}\n  cyclonedx: {entry['cyclonedx']}", highlight=False,
                           markup=False, soft_wrap=True)
