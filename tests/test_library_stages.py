@@ -1,6 +1,6 @@
 """Independent library stages against real buildah, with a family that builds in seconds.
 
-Three tiny libraries (``ta``; ``tb`` needs ``ta``; ``tc``) go through the ocserv recipes' own
+Four tiny libraries (``ta``; ``tb`` needs ``ta``; ``tc``; ``td`` needs ``tb`` and ``tc``) go through the ocserv recipes' own
 :func:`~recipes.ocserv.library_stages` and :func:`~recipes.ocserv.assemble_libraries` and the real
 :class:`~imagefactory.libraries.BuildLibrary` script, on a busybox base with every applet plus the
 host's ldconfig (static on Debian): the whole library machinery, minus a compiler. Changing one
@@ -78,7 +78,7 @@ def _tiny_libraries(tmp: Path) -> tuple[tuple[LibrarySpec, ...], Path, Path]:
     mirror.mkdir()
     patches.mkdir()
     specs = []
-    for name, needs in (("ta", ()), ("tb", ("ta",)), ("tc", ())):
+    for name, needs in (("ta", ()), ("tb", ("ta",)), ("tc", ()), ("td", ("tb", "tc"))):
         archive = mirror / f"{name}-1.0.tar"  # plain tar: busybox tar -xf does not detect gzip
         with tarfile.open(archive, "w") as tar:
             info = tarfile.TarInfo(f"{name}-1.0/README")
@@ -151,38 +151,46 @@ def _ran(statuses: dict[str, dict[str, str]]) -> dict[str, list[str]]:
 def test_one_librarys_change_rebuilds_its_stage_what_needs_it_and_the_copies_from_it_on(family):
     assembled = family["image"].name
     merge = "manifest.json from manifest.d, ldconfig: register the libraries in /usr/local/lib"
+    # td builds FROM tb's stage (which holds ta and tb) and copies tc in, then runs ldconfig
+    td_own = ["copy tc", "ldconfig: register the libraries this one builds against", "td"]
     cold = family["build"]()
-    assert {"ta", "tb", "tc", assembled} <= set(cold)
-    assert cold[assembled] == {"copy ta": "run", "copy tb": "run", "copy tc": "run", merge: "run"}
+    assert {"ta", "tb", "tc", "td", assembled} <= set(cold)
+    assert cold[assembled] == {"copy ta": "run", "copy tb": "run", "copy tc": "run", "copy td": "run", merge: "run"}
+    assert sorted(cold["td"]) == td_own
 
     # the image: each library's files once, the stage's kept trees not at all, one merged manifest
     with family["store"].buildah().mounted_image(family["image"].image_ref()) as root:
         local = root / "usr" / "local"
         assert (local / "share/tb/built-on-ta").read_text() == (local / "share/ta/cflags").read_text()
+        assert (local / "share/td/built-on-tc").read_text() == (local / "share/tc/cflags").read_text()
         manifest = json.loads((root / MANIFEST.lstrip("/")).read_text())
-        assert [lib["name"] for lib in manifest["libraries"]] == ["ta", "tb", "tc"]
-        tb = json.loads((root / MANIFEST_DIR.lstrip("/") / "tb.json").read_text())
-        assert not [f for f in tb["files"] if "/ta" in f], "a stage keeps only its own library's files"
+        assert [lib["name"] for lib in manifest["libraries"]] == ["ta", "tb", "tc", "td"]
+        for name, needs in (("tb", ["ta"]), ("td", ["tb", "tc"])):  # only its own files, none of its needs'
+            entry = json.loads((root / MANIFEST_DIR.lstrip("/") / f"{name}.json").read_text())
+            assert entry["files"] == [f"/usr/local/lib/lib{name}.so.1",
+                                      *(f"/usr/local/share/{name}/built-on-{need}" for need in needs),
+                                      f"/usr/local/share/{name}/cflags"]
         assert not (root / "var/lib/ocserv-modern").exists()
 
-    # tb's flags: tb's stage, then the copies of tb and tc and the merge; ta and tc stay cached
+    # tb's flags: tb's stage and td's (it needs tb), then the copies from tb on; ta and tc stay cached
     flag = family["build"](ocserv__cflags__tb="-DIMAGEFACTORY_TEST_VARIANT=1")
-    assert _ran(flag) == {"tb": ["tb"], assembled: ["copy tb", "copy tc", merge]}
+    assert _ran(flag) == {"tb": ["tb"], "td": td_own, assembled: ["copy tb", "copy tc", "copy td", merge]}
     with family["store"].buildah().mounted_image(family["image"].image_ref()) as root:
         assert "IMAGEFACTORY_TEST_VARIANT" in (root / "usr/local/share/tb/cflags").read_text()
 
-    # a patch for tc (the last one): only its stage, its copy and the merge
+    # a patch for tc: its stage, td's (which copies tc in) and the copies from tc on
     folder = family["patches"] / "tc" / "1.0"
     folder.mkdir(parents=True)
     (folder / "0001-patched.patch").write_text(PATCH)
     patched = family["build"]()
-    assert _ran(patched) == {"tc": ["tc"], assembled: ["copy tc", merge]}
+    assert _ran(patched) == {"tc": ["tc"], "td": td_own, assembled: ["copy tc", "copy td", merge]}
     with family["store"].buildah().mounted_image(family["image"].image_ref()) as root:
         assert (root / "usr/local/share/tc/patched").read_text() == "patched\n"
         assert "IMAGEFACTORY_TEST_VARIANT" not in (root / "usr/local/share/tb/cflags").read_text()
 
-    # ta's flags: ta and tb, which needs it, rebuild; tc does not
+    # ta's flags: ta and everything that needs it (tb, td); tc does not rebuild
     needed = family["build"](ocserv__cflags__ta="-DIMAGEFACTORY_TEST_VARIANT=2")
-    assert _ran(needed) == {"ta": ["ta"], "tb": ["tb"], assembled: ["copy ta", "copy tb", "copy tc", merge]}
+    assert _ran(needed) == {"ta": ["ta"], "tb": ["tb"], "td": td_own,
+                            assembled: ["copy ta", "copy tb", "copy tc", "copy td", merge]}
     with family["store"].buildah().mounted_image(family["image"].image_ref()) as root:
         assert "VARIANT=2" in (root / "usr/local/share/tb/built-on-ta").read_text()
