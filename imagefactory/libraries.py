@@ -12,7 +12,9 @@
    release profiles, and copies the staged tree to ``/usr/local``;
 4. writes ``/usr/local/share/imagefactory/manifest.d/<library>.json`` and regenerates
    ``/usr/local/share/imagefactory/manifest.json`` (schema 1, read by ``sbom`` and ``verify``),
-   runs ``ldconfig`` and removes the sources.
+   runs ``ldconfig`` and removes the sources; with ``keep_tree`` it also keeps the staged tree
+   (this library's files and manifest fragment only) in that folder, for an image that copies
+   one library out of a stage built on others (recipes/ocserv.py's library stages).
 
 Preparing fetches (cache first, so a warm cache needs no network) and verifies the archive and
 checks that the patches apply; rendering is pure. The step's cache key covers the archive's sha256, each patch's bytes and the profile's flags.
