@@ -148,6 +148,7 @@ def _ran(statuses: dict[str, dict[str, str]]) -> dict[str, list[str]]:
 
 
 @pytest.mark.buildah
+@pytest.mark.slow  # four builds of six small images: 45-110 s on the shared 2-core machine
 def test_one_librarys_change_rebuilds_its_stage_what_needs_it_and_the_copies_from_it_on(family):
     assembled = family["image"].name
     merge = "manifest.json from manifest.d, ldconfig: register the libraries in /usr/local/lib"
