@@ -3,7 +3,11 @@
 Both tools build the ocserv ``build`` image from the SAME slim Debian base: imagefactory
 bootstraps it once in a seed store, and every store below gets a copy of it (same image ID,
 ``buildah push containers-storage:[...]``). The Containerfile is generated from the plan
-(bench/containerfile.py), so it runs the very same scripts with the same env and mounts.
+(bench/containerfile.py), so it runs the very same scripts with the same env and mounts, in two
+forms (TOOLS): the strongest a skilled user would write, one stage per library assembled with
+``COPY --from`` and built with ``buildah bud --layers --jobs 2`` (column "per-library"); and the
+libraries as one chain of RUNs in one stage, built with ``bud --layers`` (column "one-chain", the
+anchor of the earlier results).
 
 Measurements (``--only``, comma separated; default: all):
 
@@ -57,6 +61,10 @@ ALIASES = {"family": ("family-noop", "family-cold"), "all": MEASUREMENTS, "sizes
 SLIM = "imagefactory-base-debian-slim"
 SLIM_REF = f"localhost/{SLIM}:latest"
 FAMILY = ("dev", "test", "build", "ci", "s4")
+# imagefactory; the Containerfile generated from the plan (one stage per library, `bud --layers --jobs
+# BUD_JOBS`: the strongest a skilled user would write); the same with the libraries as one chain of RUNs
+TOOLS = ("imagefactory", "containerfile", "containerfile_chain")
+BUD_JOBS = 2
 COLD_FAMILY = ("dev", "test", "build", "ci")
 HARMLESS_PATCH = """\
 Harmless patch added by bench/bench.py: creates one new text file, changes no code.
@@ -218,19 +226,25 @@ class Bench:
         log(f"  → {seconds:.1f}s, {res['commits']} commits, {res['containers_started']} containers")
         return res
 
-    def containerfile(self, store: Store, target: str, *, label: str, extra: tuple[str, ...] = ()) -> dict:
+    def containerfile(self, store: Store, target: str, *, label: str, extra: tuple[str, ...] = (),
+                      single_chain: bool = False) -> dict:
+        """``buildah bud --layers`` on the Containerfile generated from the plan: one stage per library,
+        built ``--jobs 2``; or (``single_chain``) the libraries as one chain of RUNs in one stage."""
         ctx = self.work / "contexts" / f"{target}-{uuid.uuid4().hex[:6]}"
+        variant = ["--single-chain"] if single_chain else []
         gen = subprocess.run([sys.executable, str(self.copy / "bench" / "containerfile.py"), target, str(ctx),
-                              "--created", str(self.created)], cwd=self.copy, env=self.env,
+                              "--created", str(self.created), *variant], cwd=self.copy, env=self.env,
                              capture_output=True, text=True)
         if gen.returncode != 0:
             raise RuntimeError(f"generating the Containerfile failed: {gen.stderr[-3000:]}")
         text = (ctx / "Containerfile").read_text()
-        self.results.setdefault("containerfiles", {})[target] = self.sanitize(text)
+        kind = "single-chain" if single_chain else "per-library"
+        self.results.setdefault("containerfiles", {})[f"{target} ({kind})"] = self.sanitize(text)
         ref = f"localhost/bench-{target}:latest"
-        cmd = ["buildah", *store.args(), "bud", "--layers", "--isolation", "chroot", *extra, "-f",
+        jobs = [] if single_chain else ["--jobs", str(BUD_JOBS)]
+        cmd = ["buildah", *store.args(), "bud", "--layers", *jobs, "--isolation", "chroot", *extra, "-f",
                str(ctx / "Containerfile"), "-t", ref, str(ctx)]
-        log(f"buildah bud --layers --isolation chroot ({target} Containerfile)  [{label}]")
+        log(f"buildah bud --layers {' '.join(jobs)} --isolation chroot ({target} Containerfile, {kind})  [{label}]")
         load = self.wait_for_quiet()
         res = run_timed(cmd, self.work / "runs" / f"{label}-{uuid.uuid4().hex[:6]}.log", self.env)
         shutil.rmtree(ctx, ignore_errors=True)
@@ -252,15 +266,18 @@ class Bench:
                 load = os.getloadavg()[0]
         return round(load, 2)
 
-    def pair(self, name: str, if_store: Store, cf_store: Store, target: str, *, first: str = "imagefactory",
-             label: str) -> dict:
-        order = ["imagefactory", "containerfile"] if first == "imagefactory" else ["containerfile", "imagefactory"]
-        out = {}
+    def compare(self, stores: dict[str, Store], target: str, *, first: str = "imagefactory", label: str) -> dict:
+        """Each tool of ``stores`` (TOOLS) builds ``target`` in its store, starting with ``first``, then in
+        the order of TOOLS (alternate ``first`` between repeats on a busy machine)."""
+        tools = [t for t in TOOLS if t in stores]
+        order = tools[tools.index(first):] + tools[:tools.index(first)]
+        out: dict = {}
         for tool in order:
             if tool == "imagefactory":
-                out[tool] = self.imagefactory(if_store, [target], label=f"{label}-if")
+                out[tool] = self.imagefactory(stores[tool], [target], label=f"{label}-if")
             else:
-                out[tool] = self.containerfile(cf_store, target, label=f"{label}-cf")
+                out[tool] = self.containerfile(stores[tool], target, label=f"{label}-{tool}",
+                                               single_chain=tool == "containerfile_chain")
         out["order"] = order
         return out
 
@@ -297,39 +314,31 @@ class Bench:
         self.results["base"] = {"seconds": base["seconds"], "size": _size(seed, SLIM_REF)}
         target = self.args.target
         m = self.results.setdefault("measurements", {})
-        if_store = cf_store = None
+        stores: dict[str, Store] = {}
         if {"cold-build", "noop", "patch", "flag"} & set(wanted):
-            if_store, cf_store = self.store("if"), self.store("cf")
-            clone_images(seed, if_store)
-            clone_images(seed, cf_store, [SLIM_REF])
-            cold = self.pair("cold-build", if_store, cf_store, target, first=self.args.cold_first, label="cold")
-            m["cold-build"] = cold
+            stores = {tool: self.store(tool.replace("_", "-")) for tool in TOOLS}
+            for tool, store in stores.items():
+                clone_images(seed, store, None if tool == "imagefactory" else [SLIM_REF])
+            m["cold-build"] = self.compare(stores, target, first=self.args.cold_first, label="cold")
             self.checkpoint()
-            m["size"] = {
-                "imagefactory": {"bytes": _size(if_store, f"localhost/ocserv-modern-{target}:latest"),
-                                 "layers": if_store.layers(f"localhost/ocserv-modern-{target}:latest")},
-                "containerfile": {"bytes": _size(cf_store, f"localhost/bench-{target}:latest"),
-                                  "layers": cf_store.layers(f"localhost/bench-{target}:latest")},
-                "base_bytes": self.results["base"]["size"],
-            }
+            m["size"] = {tool: {"bytes": _size(store, _ref(tool, target)), "layers": store.layers(_ref(tool, target))}
+                         for tool, store in stores.items()}
+            m["size"]["base_bytes"] = self.results["base"]["size"]
         if "noop" in wanted:
-            runs = []
-            for i in range(self.args.repeat):
-                runs.append(self.pair("noop", if_store, cf_store, target,
-                                      first="imagefactory" if i % 2 == 0 else "containerfile", label=f"noop{i}"))
+            runs = [self.compare(stores, target, first=TOOLS[i % len(TOOLS)], label=f"noop{i}")
+                    for i in range(self.args.repeat)]
             m["noop"] = {tool: {"seconds": round(statistics.median(r[tool]["seconds"] for r in runs), 2),
                                 "runs": [r[tool]["seconds"] for r in runs],
-                                "detail": runs[0][tool]} for tool in ("imagefactory", "containerfile")}
+                                "detail": runs[0][tool]} for tool in TOOLS}
             self.checkpoint()
         if "patch" in wanted:
-            m["patch"] = self.patch_rebuild(if_store, cf_store, target)
+            m["patch"] = self.patch_rebuild(stores, target)
             self.checkpoint()
         if "flag" in wanted:
-            m["flag"] = self.flag_rebuild(if_store, target)
+            m["flag"] = self.flag_rebuild(stores["imagefactory"], target)
             self.checkpoint()
-        for s in (if_store, cf_store):
-            if s is not None:
-                self.drop(s)
+        for s in stores.values():
+            self.drop(s)
         if "quick-validate" in wanted:
             m["quick-validate"] = self.quick_validate(seed)
             self.checkpoint()
@@ -354,7 +363,7 @@ class Bench:
                 s_if, s_cf = self.store("plain-if"), self.store("plain-cf")
                 clone_images(seed, s_if)
                 clone_images(seed, s_cf, [SLIM_REF])
-                cold = self.pair("cold-build", s_if, s_cf, target, label="plain")
+                cold = self.compare({"imagefactory": s_if, "containerfile": s_cf}, target, label="plain")
                 self.drop(s_if)
                 self.drop(s_cf)
             out["cold"] = {tool: cold[tool]["seconds"] for tool in ("imagefactory", "containerfile")}
@@ -385,7 +394,7 @@ class Bench:
         out["fresh_ratio"] = ratio(fresh["imagefactory"]["seconds"], fresh["containerfile"]["seconds"])
         return out
 
-    def patch_rebuild(self, if_store: Store, cf_store: Store, target: str) -> dict:
+    def patch_rebuild(self, stores: dict[str, Store], target: str) -> dict:
         lib = self.args.patch_lib
         libs = _load_module(self.copy / "recipes" / "libs.py")
         spec = libs.BY_NAME[lib]
@@ -396,7 +405,7 @@ class Bench:
         patch.write_text(HARMLESS_PATCH)
         log(f"patch: added a harmless patch for {lib} {spec.version} in the temporary copy")
         try:
-            out = self.pair("patch", if_store, cf_store, target, label="patch")
+            out = self.compare(stores, target, label="patch")
         finally:
             patch.unlink()
             if not existed:
@@ -542,6 +551,10 @@ def machine_facts() -> dict:
     }
 
 
+def _ref(tool: str, target: str) -> str:
+    return f"localhost/ocserv-modern-{target}:latest" if tool == "imagefactory" else f"localhost/bench-{target}:latest"
+
+
 def _size(store: Store, ref: str) -> int:
     from imagefactory.buildah import parse_size
 
@@ -570,42 +583,50 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 def table(results: dict) -> str:
+    """imagefactory against the per-library Containerfile (``bud --jobs 2``) and the single-chain one;
+    ratios are imagefactory / that Containerfile (results before the per-library column have their
+    single-chain numbers under "containerfile")."""
     m = results.get("measurements", {})
     rows = []
+
+    def compared(name: str, a: float, b: float | None, c: float | None, fmt: str = "{:.2f}") -> None:
+        rows.append((name, fmt.format(a), "-" if b is None else fmt.format(b), "-" if c is None else fmt.format(c),
+                     ratio(a, b), ratio(a, c)))
+
+    def only(name: str, a: str) -> None:
+        rows.append((name, a, "-", "-", None, None))
+
     for name in ("cold-build", "noop", "patch"):
         if name in m:
-            a, b = m[name]["imagefactory"]["seconds"], m[name]["containerfile"]["seconds"]
-            rows.append((f"{name} (s)", f"{a:.2f}", f"{b:.2f}", ratio(a, b)))
+            compared(f"{name} (s)", *(m[name].get(tool, {}).get("seconds") for tool in TOOLS))
     if "size" in m:
-        a, b = m["size"]["imagefactory"]["bytes"], m["size"]["containerfile"]["bytes"]
-        rows.append(("image size (MB)", f"{a / 1e6:.1f}", f"{b / 1e6:.1f}", ratio(a, b)))
-        rows.append(("layers", str(m["size"]["imagefactory"]["layers"]), str(m["size"]["containerfile"]["layers"]),
-                     ratio(m["size"]["imagefactory"]["layers"], m["size"]["containerfile"]["layers"])))
+        size = m["size"]
+        compared("image size (MB)", *((size[t]["bytes"] / 1e6 if t in size else None) for t in TOOLS), "{:.1f}")
+        compared("layers", *(size[t]["layers"] if t in size else None for t in TOOLS), "{}")
     if "flag" in m:
-        rows.append(("rebuild after a flag change (s)", f"{m['flag']['imagefactory']['seconds']:.2f}", "-", None))
+        only("rebuild after a flag change (s)", f"{m['flag']['imagefactory']['seconds']:.2f}")
     if "quick-validate" in m:
-        rows.append(("quick-validate in ci (s, median)", f"{m['quick-validate']['imagefactory']['seconds']:.2f}",
-                     "-", None))
+        only("quick-validate in ci (s, median)", f"{m['quick-validate']['imagefactory']['seconds']:.2f}")
     if "family-noop" in m:
-        rows.append(("family no-op, 5 targets (s)", f"{m['family-noop']['imagefactory']['seconds']:.2f}", "-", None))
+        only("family no-op, 5 targets (s)", f"{m['family-noop']['imagefactory']['seconds']:.2f}")
     if "family-cold" in m:
         fc = m["family-cold"]
-        rows.append(("family cold --jobs 2 (s)", f"{fc['jobs2']['seconds']:.2f}", "-", None))
-        rows.append(("family cold, sum alone --jobs 1 (s)", f"{fc['alone_jobs1_sum']:.2f}", "-",
-                     None))
-        rows.append(("  jobs2 / sum alone", f"{ratio(fc['jobs2']['seconds'], fc['alone_jobs1_sum'])}", "", None))
+        only("family cold --jobs 2 (s)", f"{fc['jobs2']['seconds']:.2f}")
+        only("family cold, sum alone --jobs 1 (s)", f"{fc['alone_jobs1_sum']:.2f}")
+        only("  jobs2 / sum alone", f"{ratio(fc['jobs2']['seconds'], fc['alone_jobs1_sum'])}")
     if "registry-cache" in m:
         rc = m["registry-cache"]
         a, b = rc["imagefactory"], rc["containerfile"]
-        rows.append(("cold build with --cache-to (s)", f"{a['cold_cache_to']:.2f}", f"{b['cold_cache_to']:.2f}",
-                     ratio(a["cold_cache_to"], b["cold_cache_to"])))
-        rows.append(("  --cache-to / without", f"{a['cache_to_overhead']}", f"{b['cache_to_overhead']}", None))
-        rows.append(("fresh runner from the registry (s)", f"{a['fresh_runner']:.2f}", f"{b['fresh_runner']:.2f}",
-                     rc["fresh_ratio"]))
+        compared("cold build with --cache-to (s)", a["cold_cache_to"], b["cold_cache_to"], None)
+        rows.append(("  --cache-to / without", f"{a['cache_to_overhead']}", f"{b['cache_to_overhead']}", "-", None, None))
+        compared("fresh runner from the registry (s)", a["fresh_runner"], b["fresh_runner"], None)
     width = max([len(r[0]) for r in rows] + [12])
-    out = [f"{'measurement':<{width}}  {'imagefactory':>12}  {'Containerfile':>13}  {'ratio':>6}"]
-    for name, a, b, r in rows:
-        out.append(f"{name:<{width}}  {a:>12}  {b:>13}  {'' if r is None else r:>6}")
+    out = [f"{'measurement':<{width}}  {'imagefactory':>12}  {'per-library cf':>14}  {'one-chain cf':>12}"
+           f"  {'ratio':>9}  {'ratio':>7}",
+           f"{'':<{width}}  {'':>12}  {'bud --jobs 2':>14}  {'bud':>12}  {'/ per-lib':>9}  {'/ chain':>7}"]
+    for name, a, b, c, r1, r2 in rows:
+        out.append(f"{name:<{width}}  {a:>12}  {b:>14}  {c:>12}  {'' if r1 is None else r1:>9}  "
+                   f"{'' if r2 is None else r2:>7}")
     return "\n".join(out)
 
 
@@ -647,8 +668,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "or `scale` alone (bench/scale.py)")
     p.add_argument("--target", default="build", help="the image compared with its Containerfile (default build)")
     p.add_argument("--repeat", type=int, default=3, help="no-op rebuilds per tool (median reported)")
-    p.add_argument("--cold-first", choices=("imagefactory", "containerfile"), default="imagefactory",
-                   help="which tool builds first in the cold pair (run twice, once each way, on a busy machine)")
+    p.add_argument("--cold-first", choices=TOOLS, default="imagefactory",
+                   help="which tool builds first in the cold comparison (the others follow in turn)")
     p.add_argument("--patch-lib", default="cjson", help="library that gets the harmless patch (default cjson)")
     p.add_argument("--workdir", help="where the temporary copy and the stores go (default: system temp folder)")
     p.add_argument("--results", type=Path, default=HERE / "results" / "latest.json")

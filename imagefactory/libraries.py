@@ -12,7 +12,9 @@
    release profiles, and copies the staged tree to ``/usr/local``;
 4. writes ``/usr/local/share/imagefactory/manifest.d/<library>.json`` and regenerates
    ``/usr/local/share/imagefactory/manifest.json`` (schema 1, read by ``sbom`` and ``verify``),
-   runs ``ldconfig`` and removes the sources.
+   runs ``ldconfig`` and removes the sources; with ``keep_tree`` it also keeps the staged tree
+   (this library's files and manifest fragment only) in that folder, for an image that copies
+   one library out of a stage built on others (recipes/ocserv.py's library stages).
 
 Preparing fetches (cache first, so a warm cache needs no network) and verifies the archive and
 checks that the patches apply; rendering is pure. The step's cache key covers the archive's sha256, each patch's bytes and the profile's flags.
@@ -150,6 +152,8 @@ class BuildLibrary(Step):
     # filled in by prepare(): the verified archive and each patch with its sha256
     archive: FetchedArchive | None = field(default=None, repr=False)
     patch_digests: tuple[tuple[Path, str], ...] = field(default=(), repr=False)
+    # also keep the staged tree in this folder of the image (see keep_tree_script): library stages
+    keep_tree: str | None = None
 
     def prepare(self, ctx: PrepareContext) -> BuildLibrary:
         """Fetch (cache first, so a warm cache needs no network) and verify the archive; check the patches."""
@@ -169,6 +173,8 @@ class BuildLibrary(Step):
             raise ctx.fail(f"BuildLibrary({self.spec.name}) was rendered before it was prepared")
         profile = self.spec.profile_for(self.profile)
         script = build_script(self.spec, archive, [(p.name, sha) for p, sha in patches], profile)
+        if self.keep_tree:
+            script += "\n" + keep_tree_script(self.keep_tree)
         mounts = [Mount(target=SRC_MOUNT, source=str(archive.folder), type="bind", readonly=True)]
         if patches:
             mounts.append(Mount(target=PATCH_MOUNT, source=str(self.spec.patch_dir()), type="bind", readonly=True))
@@ -296,12 +302,27 @@ def build_script(spec: LibrarySpec, archive: FetchedArchive, patches: list[tuple
         f'printf "]}}\\n"; }} > "$STAGE"{frag}',
         'cp -a "$STAGE"/. /',
         "ldconfig && rm -f /var/cache/ldconfig/aux-cache  # inode numbers: differ every build",
-        f'cd /; M={MANIFEST}; {{ printf \'{{"schema": 1, "libraries": [\'; sep=""; '
-        f'for f in {MANIFEST_DIR}/*.json; do printf "%s" "$sep"; tr -d "\\n" < "$f"; sep=", "; done; '
-        'printf "]}\\n"; } > "$M.tmp"; mv "$M.tmp" "$M"',
+        merge_manifests_script(),
         f"echo 'imagefactory: installed {spec.name} {spec.version} ({profile.name})'",
     ]
     return "\n".join(lines)
+
+
+def merge_manifests_script() -> str:
+    """Shell: regenerate manifest.json from every manifest.d fragment (in name order), atomically.
+
+    Run after each library is installed, and by an image that assembles libraries built elsewhere.
+    """
+    return (f'cd /; M={MANIFEST}; {{ printf \'{{"schema": 1, "libraries": [\'; sep=""; '
+            f'for f in {MANIFEST_DIR}/*.json; do printf "%s" "$sep"; tr -d "\\n" < "$f"; sep=", "; done; '
+            'printf "]}\\n"; } > "$M.tmp"; mv "$M.tmp" "$M"')
+
+
+def keep_tree_script(folder: str) -> str:
+    """Shell: keep a copy of the staged tree (this library's files and manifest fragment only) in
+    ``folder``, so an image can copy one library out of a stage without the libraries it was built on."""
+    q = shlex.quote
+    return f'rm -rf {q(folder)}; mkdir -p {q(folder)}; cp -a "$STAGE"/. {q(folder)}/'
 
 
 def _configure_build_install(spec: LibrarySpec, profile: Profile) -> list[str]:
@@ -354,4 +375,5 @@ def library_labels(libs, prefix: str = "io.imagefactory.lib.") -> dict[str, str]
 
 
 __all__ = ["BUILD_DEPS", "LLHTTP_BUILD", "MANIFEST", "MANIFEST_DIR", "BuildLibrary", "LibrarySpec",
-           "build_script", "library_labels", "manifest_entry"]
+           "build_script", "keep_tree_script", "library_labels", "manifest_entry",
+           "merge_manifests_script"]

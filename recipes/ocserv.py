@@ -1,11 +1,15 @@
 """The four ocserv-modern images: dev → test, and build → ci.
 
-==========  ======================  ======  ===========  =============================
-Every library is its own layer (one :class:`~imagefactory.libraries.BuildLibrary` step each)
-in the intermediate images ``dev`` and ``build``; the leaves ``test`` and ``ci`` are squashed.
+Every library of recipes/libs.py is built in its own hidden stage (:func:`library_stages`, one
+per library and profile: ``ocserv-modern-lib-<library>-<profile>``) on a shared toolchain stage
+(:class:`LibraryToolchain`) and on the libraries it ``needs``, nothing else. The intermediate
+images ``dev`` (debug) and ``build`` (release) assemble ``/usr/local`` from them with one copy
+layer per library in the fixed order of the list (:func:`assemble_libraries`); the leaves
+``test`` and ``ci`` are squashed. Independent libraries build in parallel (``--jobs``), and
+changing one library rebuilds its stage, the stages that need it and the copy layers from it on.
 
 Per-library extra compiler flags come from settings values, so a flag can be tried on one
-library without editing a recipe (only that library's layer and the ones after it rebuild)::
+library without editing a recipe (only that library's stage and the copies after it rebuild)::
 
     IMAGEFACTORY_VALUES="ocserv.cflags.cjson=-DSOME_FLAG=1" imagefactory build ci
 
@@ -13,7 +17,7 @@ library without editing a recipe (only that library's layer and the ones after i
 
 Size trade-offs for ``build`` (see :class:`Build`): it keeps a working C build environment
 (gcc, make, pkg-config, binutils, LTO) and dpkg-dev; g++, cmake and autotools are needed only to
-build the libraries, so they stay in the :class:`ReleaseLibraries` stage. Files no build runs
+build the libraries, so they stay in the library stages. Files no build runs
 are dropped in the same layer that installs them (gcc's ``lto-dump``, CMake's offline help).
 """
 
@@ -21,12 +25,13 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from imagefactory.libraries import BUILD_DEPS, BuildLibrary, LibrarySpec, library_labels
+from imagefactory.libraries import (BUILD_DEPS, PREFIX, BuildLibrary, LibrarySpec, library_labels,
+                                    merge_manifests_script)
 from imagefactory.recipe import Recipe, RecipeError, Runtime
 from imagefactory.steps import AddUser, Config, Copy, CopyFrom, Install, Rendered, Run, RunCall, User
 from imagefactory.toolchain import DEBUG, RELEASE, Profile
 
-from .libs import ALL
+from .libs import ALL, in_build_order
 from .packages import (DEBUG_TOOLS, MIN_TOOLCHAIN, NATIVE_PACKAGING, OCSERV_BUILD_DEPS, RPM_PACKAGING, TEST_TOOLS,
                        TOOLCHAIN)
 
@@ -34,6 +39,9 @@ SHARE = "/usr/local/share/ocserv-modern"
 VERSIONS_FILE = f"{SHARE}/versions"  # name=version per library: quick-validate's EXPECT_<NAME>
 LIBRARIES_FILE = f"{SHARE}/libraries"  # name, version, pkg-config modules, smoke command (tab-separated)
 CHECKS_DIR = f"{SHARE}/checks"  # recipes/files/checks: check.h + <library>.c / <library>.sh
+# In each library stage: the files that library installed, rooted at / (the images copy these).
+STAGED_TREES = "/var/lib/ocserv-modern/staged"
+LDCONFIG = "ldconfig && rm -f /var/cache/ldconfig/aux-cache"  # its inode cache differs every build
 
 # Files a build never runs: dropped in the same layer that installs them, so they cost nothing.
 # lto-dump is gcc's LTO bytecode inspector (~32 MB; -flto itself needs lto1, which stays);
@@ -110,10 +118,89 @@ def library_profile(settings, spec: LibrarySpec, profile: Profile) -> Profile:
     return profile.with_(extra_cflags=cflags, extra_cxxflags=cflags, extra_ldflags=ldflags)
 
 
-def build_libraries(settings, profile: Profile, libs=ALL):
-    """One BuildLibrary step (one layer) per library, in build order (dependencies first)."""
+class LibraryToolchain(Recipe):
+    """Stage: the slim base plus what the library builds need (g++, cmake, autotools); not shipped
+
+    Every library stage builds on it (both profiles), so the libraries share this one layer and
+    none of that toolchain reaches an image that copies only the libraries out.
+    """
+
+    name = "ocserv-modern-lib-toolchain"
+    hidden = True
+    base = "slim"
+
+    def steps(self):
+        yield InstallTrimmed(*BUILD_DEPS, *protocol_names(self.settings), drop=UNUSED_BUILD_FILES)
+
+
+def staged_tree(spec: LibrarySpec) -> str:
+    """Where a library stage keeps the files that library installed (its own only, rooted at /)."""
+    return f"{STAGED_TREES}/{spec.name}"
+
+
+def library_stages(profile: Profile, libs=ALL, toolchain: type[Recipe] | None = None,
+                   prefix: str = "ocserv-modern-lib") -> dict[str, type[Recipe]]:
+    """One hidden stage recipe per library of ``libs`` built with ``profile``, by library name:
+    ``<prefix>-<library>-<profile>`` (``toolchain``: what they build on, :class:`LibraryToolchain`).
+
+    A library's stage builds on the toolchain stage and on the libraries it ``needs`` only
+    (recipes/libs.py), so changing one library's patches or flags rebuilds that stage and what needs
+    it, nothing else, and independent libraries build in parallel (``--jobs``). A stage with needs
+    builds FROM the stage of the need that already holds most of them (wolfCLU on wolfSSL, which is
+    on wolfSentry): no copy, and ldconfig has run there; needs not in it are copied in.
+    """
+    by_name = {spec.name: spec for spec in libs}
+    stages: dict[str, type[Recipe]] = {}
+    holds: dict[str, set[str]] = {}  # stage → the libraries in its /usr/local
+
+    def closure(spec: LibrarySpec) -> set[str]:
+        out: set[str] = set()
+        for name in spec.needs:
+            out |= {name} | closure(by_name[name])
+        return out
+
+    for spec in in_build_order(libs):
+        wanted = closure(spec)
+        parent_name = max(sorted(wanted), key=lambda n: len(holds[n]), default=None)
+        parent = stages[parent_name] if parent_name else (toolchain or LibraryToolchain)
+        have = holds[parent_name] if parent_name else set()
+        copies = tuple(by_name[n] for n in by_name if n in wanted - have)  # in the order of `libs`
+        stages[spec.name] = _library_stage(f"{prefix}-{spec.name}-{profile.name}", spec, profile, parent, copies,
+                                           {dep.name: stages[dep.name] for dep in copies})
+        holds[spec.name] = wanted | {spec.name}
+    return {spec.name: stages[spec.name] for spec in libs}
+
+
+def _library_stage(name: str, spec: LibrarySpec, profile: Profile, parent: type[Recipe],
+                   copies: tuple[LibrarySpec, ...], copied: dict[str, type[Recipe]]) -> type[Recipe]:
+    def steps(self):
+        for dep in copies:
+            yield CopyFrom(dep.name, staged_tree(dep) + PREFIX, PREFIX)
+        if copies:  # configure runs programs linked against them: the loader must find them
+            yield Run(LDCONFIG, title="ldconfig: register the libraries this one builds against")
+        yield BuildLibrary(spec, library_profile(self.settings, spec, profile), keep_tree=staged_tree(spec))
+
+    doc = (f"Stage: {spec.name} {spec.version} built with the {profile.name} profile (not shipped)\n\n"
+           f"Builds on {parent.name}; keeps what it installed in {staged_tree(spec)} for the images "
+           "that assemble the libraries (see library_stages).")
+    return type(f"LibraryStage_{spec.name}_{profile.name}", (parent,), {
+        "__doc__": doc, "__module__": __name__, "__qualname__": f"library_stages.{name}",
+        "name": name, "hidden": True, "stages": copied, "steps": steps})
+
+
+def assemble_libraries(libs=ALL):
+    """The libraries in an image: one copy layer per library, in the fixed order of ``libs``, then
+    one step that merges their manifests and registers them with the loader.
+
+    Each copy holds that library's own files (never the libraries it was built on again), and the
+    order does not depend on which stage finished first, so the image, its manifest and its SBOM
+    are the same however the stages were scheduled. Changing one library re-copies it and the
+    libraries after it (small layers); the others stay cached.
+    """
     for spec in libs:
-        yield BuildLibrary(spec, library_profile(settings, spec, profile))
+        yield CopyFrom(spec.name, staged_tree(spec) + PREFIX, PREFIX)
+    yield Run(f"{merge_manifests_script()}\n{LDCONFIG}",
+              title=f"manifest.json from manifest.d, ldconfig: register the libraries in {PREFIX}/lib")
 
 
 def library_table(libs=ALL) -> str:
@@ -164,7 +251,9 @@ class Dev(Recipe):
                          libradcli-dev libkrb5-dev liboath-dev libmaxminddb-dev
     plus the libraries' BUILD_DEPS, then every library of recipes/libs.py (wolfSentry, wolfSSL,
     wolfCLU, libuv, llhttp, cJSON, mimalloc) built with the DEBUG profile (-O2 -g, hardening
-    flags, unstripped) into /usr/local, one layer each, dependencies first.
+    flags, unstripped) in its own stage (``ocserv-modern-lib-<library>-debug``, built while
+    these packages install) and copied into /usr/local, one layer each in that order, then
+    one layer that merges their manifests and runs ldconfig.
     Runs as ``developer`` (1000:1000), who owns /workspace.
 
     Size on Debian 13, as ``buildah images`` reports it: 769 MB measured, budget 805 (+4.7 %).
@@ -178,7 +267,7 @@ class Dev(Recipe):
       OCSERV_BUILD_DEPS                       19.3 MB
       DEBUG_TOOLS                            155.0 MB  valgrind ~84 + libc6-dbg 17 (valgrind
                                                        depends on it), linux-perf ~22, gdb ~12
-      the seven DEBUG libraries              ~41 MB  wolfSSL 26.9 (unstripped, -g; its wolfCLU and
+      the seven DEBUG libraries (7 copies)   ~41 MB  wolfSSL 26.9 (unstripped, -g; its wolfCLU and
                                                        wolfSentry options add ~11), wolfSentry 3.2,
                                                        wolfCLU 1.6 (five libraries: 24.7 MB)
     No docs, man pages or locales in any layer (the base's dpkg filters); CMake's offline help
@@ -191,12 +280,13 @@ class Dev(Recipe):
     size_budget_mb: ClassVar[dict[str, float]] = {"debian": 805, "ubi9": 500}
     labels: ClassVar[dict[str, str]] = {**LIBRARY_LABELS, "io.imagefactory.profile": DEBUG.name}
     runtime = Runtime(user="developer", workdir="/workspace", mount_project="/workspace")
+    stages: ClassVar[dict] = library_stages(DEBUG)
 
     def steps(self):
         yield InstallTrimmed(*unique(TOOLCHAIN, BUILD_DEPS), drop=DOCS_DPKG_MISSES)
         yield Install(*OCSERV_BUILD_DEPS)
         yield Install(*DEBUG_TOOLS)
-        yield from build_libraries(self.settings, DEBUG)
+        yield from assemble_libraries()
         yield AddUser("developer", 1000, 1000, home="/home/developer", owns=("/workspace",))
         yield Config(user="developer", workdir="/workspace", cmd=["bash"])
 
@@ -229,31 +319,17 @@ class Test(Dev):
         yield Config(user="developer", workdir="/workspace", cmd=["run-tests"])
 
 
-class ReleaseLibraries(Recipe):
-    """Stage: the libraries built with the RELEASE profile, one layer each (not shipped)
-
-    The stage holds what only the library builds need (g++ for mimalloc, cmake, autotools);
-    ``build`` copies just the resulting /usr/local, so none of that toolchain ships.
-    """
-
-    name = "ocserv-modern-release-libs"
-    hidden = True
-    base = "slim"
-
-    def steps(self):
-        yield InstallTrimmed(*BUILD_DEPS, *protocol_names(self.settings), drop=UNUSED_BUILD_FILES)
-        yield from build_libraries(self.settings, RELEASE)
-
-
 class Build(Recipe):
     """ocserv-modern release build environment: C toolchain, packaging tools, the libraries (release)
 
     Packages (Debian names): MIN_TOOLCHAIN (gcc libc6-dev make pkgconf), binutils, file, patch,
     xz-utils and the platform's own packaging tools: dpkg-dev on Debian, rpm-build and
     createrepo_c on UBI (rpm and createrepo-c on Debian only with ``--set ocserv.packaging.rpm=1``).
-    netbase (Debian; see protocol_names). No debuggers. The libraries are built with the RELEASE profile (-O3, LTO, hardening,
-    stripped) in the :class:`ReleaseLibraries` stage (one layer per library, so the step cache
-    works per library) and their /usr/local is copied in. Runs as ``builder`` (1000:1000). Not
+    netbase (Debian; see protocol_names). No debuggers. The libraries are built with the RELEASE
+    profile (-O3, LTO, hardening, stripped), each in its own stage
+    (``ocserv-modern-lib-<library>-release``, see :func:`library_stages`), and copied in one
+    layer per library in the order of recipes/libs.py, so the step cache works per library and
+    the package install overlaps the library builds. Runs as ``builder`` (1000:1000). Not
     squashed: it is an intermediate (``ci`` builds on it), and with nothing deleted in a later
     layer squashing would save nothing.
 
@@ -264,7 +340,7 @@ class Build(Recipe):
                                                      perl for dpkg-dev 53, libc6-dev + kernel
                                                      headers ~33, binutils ~20, file's magic 10,
                                                      libgcc/crt 8, the rest of /usr/bin 11
-      the seven libraries (/usr/local)     ~26 MB  wolfSSL 18.5 (its wolfCLU/wolfSentry
+      the seven libraries (7 copies)       ~26 MB  wolfSSL 18.5 (its wolfCLU/wolfSentry
                                                      options add 7.5), wolfSentry 2.2,
                                                      wolfCLU 0.4 (five libraries: 16.3 MB)
     Dropped in the install layer (no build runs them): gcc's lto-dump, the sanitizer runtimes,
@@ -276,7 +352,7 @@ class Build(Recipe):
     target = "build"
     base = "slim"
     size_budget_mb: ClassVar[dict[str, float]] = {"debian": 295, "ubi9": 200}
-    stages: ClassVar[dict] = {"libraries": ReleaseLibraries}
+    stages: ClassVar[dict] = library_stages(RELEASE)
     labels: ClassVar[dict[str, str]] = {**LIBRARY_LABELS, "io.imagefactory.profile": RELEASE.name}
     runtime = Runtime(user="builder", workdir="/workspace", mount_project="/workspace")
 
@@ -284,9 +360,7 @@ class Build(Recipe):
         yield InstallTrimmed(*unique(MIN_TOOLCHAIN, RELEASE_EXTRAS, protocol_names(self.settings),
                                      packaging_tools(self.settings)),
                              drop=UNUSED_BUILD_FILES + SANITIZER_RUNTIMES + PROFILER_FILES)
-        yield CopyFrom("libraries", "/usr/local", "/usr/local")
-        yield Run("ldconfig && rm -f /var/cache/ldconfig/aux-cache",  # its inode cache differs every build
-                  title="ldconfig: register the libraries in /usr/local/lib")
+        yield from assemble_libraries()
         yield AddUser("builder", 1000, 1000, home="/home/builder", owns=("/workspace",))
         yield Config(user="builder", workdir="/workspace", cmd=["bash"])
 
@@ -319,5 +393,6 @@ class Ci(Build):
         yield Config(user="builder", workdir="/workspace", cmd=["quick-validate"])
 
 
-__all__ = ["Build", "Ci", "Dev", "InstallTrimmed", "Test", "build_libraries", "library_profile", "library_table",
+__all__ = ["Build", "Ci", "Dev", "InstallTrimmed", "LibraryToolchain", "Test", "assemble_libraries", "library_profile",
+           "library_stages", "library_table", "staged_tree",
            "packaging_tools", "quick_validate_steps", "unique"]

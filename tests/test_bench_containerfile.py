@@ -218,3 +218,82 @@ def test_host_ca_is_bound_into_every_run(recipes, tmp_path):
     assert runs and all("target=/run/imagefactory/host-ca.crt,ro" in r for r in runs)
     assert all("SSL_CERT_FILE=/run/imagefactory/host-ca.crt" in r for r in runs)
     assert ca in files.values()
+
+
+@pytest.fixture
+def library_family():
+    """A toolchain stage, three library stages (``b`` FROM ``a``, ``c`` copying ``a`` in) and an image
+    copying each library's tree, as the ocserv recipes do."""
+    tag = uuid.uuid4().hex[:6]
+
+    class Toolchain(Recipe):
+        name = f"bench-cf-toolchain-{tag}"
+        hidden = True
+        base = "slim"
+
+        def steps(self):
+            yield Run("echo toolchain")
+
+    class A(Toolchain):
+        name = f"bench-cf-lib-a-{tag}"
+
+        def steps(self):
+            yield Run("make a", title="a")
+
+    class B(A):
+        name = f"bench-cf-lib-b-{tag}"
+
+        def steps(self):
+            yield Run("make b", title="b")
+
+    class C(Toolchain):
+        name = f"bench-cf-lib-c-{tag}"
+        stages = {"a": A}
+
+        def steps(self):
+            yield CopyFrom("a", "/staged/a/usr/local", "/usr/local")
+            yield Run("make c", title="c")
+
+    class Image(Recipe):
+        name = f"bench-cf-assembled-{tag}"
+        base = "slim"
+        stages = {"a": A, "b": B, "c": C}
+
+        def steps(self):
+            for lib in "abc":
+                yield CopyFrom(lib, f"/staged/{lib}/usr/local", "/usr/local")
+            yield Run("ldconfig", title="merge")
+
+    return Image, Toolchain, (A, B, C)
+
+
+def test_one_stage_per_library_by_default(library_family):
+    image, toolchain, libs = library_family
+    text, _ = generate(image)
+    froms = [line for line in text.splitlines() if line.startswith("FROM ")]
+    assert froms == [f"FROM {SLIM_REF} AS {toolchain.name}", f"FROM {toolchain.name} AS {libs[0].name}",
+                     f"FROM {libs[0].name} AS {libs[1].name}", f"FROM {toolchain.name} AS {libs[2].name}",
+                     f"FROM {SLIM_REF} AS {image.name}"]
+    copies = [line for line in text.splitlines() if line.startswith("COPY ")]
+    assert copies == [f'COPY --from={libs[0].name} ["/staged/a/usr/local", "/usr/local"]',
+                      *(f'COPY --from={lib.name} ["/staged/{n}/usr/local", "/usr/local"]' for n, lib in zip("abc", libs))]
+
+
+def test_single_chain_builds_the_library_stages_as_one_stage(library_family):
+    image, toolchain, libs = library_family
+    text, _ = generate(image, chain=[lib.name for lib in libs])
+    lines = text.splitlines()
+    assert [line for line in lines if line.startswith("FROM ")] == [
+        f"FROM {SLIM_REF} AS {toolchain.name}", f"FROM {toolchain.name} AS libraries", f"FROM {SLIM_REF} AS {image.name}"]
+    chain = lines[lines.index(f"FROM {toolchain.name} AS libraries"):lines.index(f"FROM {SLIM_REF} AS {image.name}")]
+    assert [run_argv(line)[-1] for line in chain if line.startswith("RUN ")] == ["make a", "make b", "make c"]
+    assert not [line for line in chain if line.startswith("COPY ")], "c's copy of a: a is already in the chain"
+    # the image's three copies read the chain, in one COPY (one layer, as one stage's /usr/local was)
+    assert [line for line in lines if line.startswith("COPY ")] == [
+        'COPY --from=libraries ["/staged/a/usr/local", "/staged/b/usr/local", "/staged/c/usr/local", "/usr/local"]']
+
+
+def test_a_chain_on_two_roots_is_refused(library_family):
+    image, toolchain, libs = library_family
+    with pytest.raises(cf.ContainerfileError, match="must build on one image"):
+        generate(image, chain=[libs[1].name, libs[2].name])

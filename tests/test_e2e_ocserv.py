@@ -92,9 +92,10 @@ def test_cold_build_built_all_four(ocserv):
     assert data_of(ocserv["report"])["ok"]
     for t in TARGETS:
         assert imgs[IMAGES[t]]["status"] in ("built", "cached")
-    for name in ("ocserv-modern-dev", "ocserv-modern-release-libs"):
-        libs = [s for s in imgs[name]["steps"] if s["kind"] == "library"]
-        assert [s["summary"].split()[0] for s in libs] == list(LIBS), "one layer per library"
+    for profile in ("debug", "release"):
+        for lib in LIBS:
+            steps = imgs[f"ocserv-modern-lib-{lib}-{profile}"]["steps"]
+            assert [s["summary"].split()[0] for s in steps if s["kind"] == "library"] == [lib], "one stage per library"
 
 
 def test_second_build_is_all_cache_hits(e2e_store, ocserv):
@@ -278,7 +279,42 @@ def test_build_has_packaging_tools_and_no_debuggers(e2e_store, ocserv):
     assert "LTO-OK" in proc.stdout, proc.stdout + proc.stderr
 
 
-# --- last: one library's flags change → only that layer and the later ones rebuild ------------
+# --- what the images hold: the same files and manifests as before the library stages --------------
+GOLDEN = REPO / "tests" / "data" / "ocserv-usr-local"
+
+
+def usr_local_listing(root: Path) -> list[str]:
+    """Every path under ``root``/usr/local, sorted: directories end in ``/``, symlinks show their target."""
+    base = root / "usr" / "local"
+    out = []
+    for path in base.rglob("*"):
+        rel = "/usr/local/" + path.relative_to(base).as_posix()
+        if path.is_symlink():
+            out.append(f"{rel} -> {path.readlink()}")
+        else:
+            out.append(rel + ("/" if path.is_dir() else ""))
+    return sorted(out)
+
+
+def manifest_entries(root: Path) -> list[str]:
+    """The library entries of manifest.json, each as canonical JSON, sorted."""
+    data = json.loads((root / "usr/local/share/imagefactory/manifest.json").read_text())
+    return sorted(json.dumps(entry, sort_keys=True) for entry in data["libraries"])
+
+
+@pytest.mark.parametrize("target", ["build", "dev"])
+def test_usr_local_and_library_manifests_are_what_they_were(e2e_store, ocserv, target):
+    """Keep: the files of /usr/local and the manifest entries equal those recorded from the images
+    built before the libraries moved to their own stages (tests/data/ocserv-usr-local/README.md)."""
+    with e2e_store.buildah().mounted_image(f"localhost/{IMAGES[target]}:latest") as root:
+        listing, entries = usr_local_listing(root), manifest_entries(root)
+    golden = (GOLDEN / f"{target}.txt").read_text().splitlines()
+    assert listing == golden, (f"/usr/local of {target} differs from {GOLDEN.name}/{target}.txt: "
+                               f"new {sorted(set(listing) - set(golden))[:20]}, gone {sorted(set(golden) - set(listing))[:20]}")
+    assert entries == (GOLDEN / f"{target}.manifest.jsonl").read_text().splitlines()
+
+
+# --- last: one library's flags change → only its stages and the copies from it on rebuild -------
 def test_one_library_flag_change_rebuilds_only_it_and_later(e2e_store, ocserv):
     """What rebuilds is checked here; how long it takes is `bench/bench.py --only flag` (docs/performance.md)."""
     t0 = time.monotonic()
@@ -286,21 +322,19 @@ def test_one_library_flag_change_rebuilds_only_it_and_later(e2e_store, ocserv):
                     extra=("--set", "ocserv.cflags.cjson=-DIMAGEFACTORY_E2E_VARIANT=1"))
     seconds = time.monotonic() - t0
     imgs = images_of(variant)
-    steps = imgs["ocserv-modern-release-libs"]["steps"]
-    ran = [s["summary"] for s in steps if s["status"] == "run"]
-    hit = [s["summary"] for s in steps if s["status"] == "hit"]
-    first_run = next(i for i, s in enumerate(steps) if s["status"] == "run")
-    assert steps[first_run]["summary"].startswith("cjson "), ran
-    assert all(s["status"] in ("run", "final") for s in steps[first_run:]), steps
-    assert [h.split()[0] for h in hit if h.split()[0] in LIBS] == list(LIBS[:LIBS.index("cjson")])
-    assert [r.split()[0] for r in ran if r.split()[0] in LIBS] == ["cjson", "mimalloc"]
-    # build copies the stage's /usr/local again (its packages stay cached); ci on top rebuilds too
+    ran = {name: [s["summary"] for s in img["steps"] if s["status"] == "run"] for name, img in imgs.items()}
+    stages = {name for name in imgs if name.startswith("ocserv-modern-lib-")}
+    assert {name for name in stages if ran[name]} == {"ocserv-modern-lib-cjson-release"}, ran
+    assert [r.split()[0] for r in ran["ocserv-modern-lib-cjson-release"]] == ["cjson"]
+    # build: its packages and the copies of the libraries before cJSON stay cached; cJSON's copy and later run
     build_steps = imgs["ocserv-modern-build"]["steps"]
     assert [s["status"] for s in build_steps if s["kind"] == "install"] == ["hit"]
-    assert [s["status"] for s in build_steps if s["kind"] == "copy-from"] == ["run"]
+    copies = [(s["summary"].split(":")[0].removeprefix("ocserv-modern-lib-").removesuffix("-release"), s["status"])
+              for s in build_steps if s["kind"] == "copy-from"]
+    assert copies == [(lib, "hit" if LIBS.index(lib) < LIBS.index("cjson") else "run") for lib in LIBS]
     assert imgs["ocserv-modern-ci"]["status"] == "built"
     assert imgs["imagefactory-base-debian-slim"]["status"] == "cached"
-    print(f"variant rebuild (cjson flags): {seconds:.0f}s, {len(ran)} step(s) run in the release stage")
+    print(f"variant rebuild (cjson flags): {seconds:.0f}s, steps run: {sum(map(len, ran.values()))}")
     # the variant's flags are in the manifest of the rebuilt image...
     proc = run_in(e2e_store, IMAGES["build"], ["grep", "-c", "IMAGEFACTORY_E2E_VARIANT",
                                                "/usr/local/share/imagefactory/manifest.d/cjson.json"])

@@ -3,8 +3,8 @@
 The e2e store builds everything with ``SOURCE_DATE_EPOCH`` pinned (conftest), so its images are
 what a cold build with that epoch must give. ``reproduce ci --against-store`` builds ``ci`` in the
 e2e store (all cache hits once test_e2e_ocserv has run; built there otherwise) and once cold in a
-temporary store, and compares every image of the chain (Debian bases, the release-libs stage,
-build, ci) commit by commit: image IDs and layer digests. One more cold build, not two.
+temporary store, and compares every image of the chain (Debian bases, the library toolchain and
+release library stages, build, ci) commit by commit: image IDs and layer digests. One more cold build, not two.
 
 ``s4`` is checked the same way by ``just reproduce`` (two cold builds of ``ci`` and ``s4``): its
 builder stage downloads npm packages and a wheel, which does not fit this job's time.
@@ -19,11 +19,12 @@ import pytest
 
 from conftest import E2E_SOURCE_DATE_EPOCH
 from imagefactory.layerdiff import describe
+from recipes.ocserv import Build, LibraryToolchain
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("e2e")]
 
-CHAIN = ("imagefactory-base-debian-full", "imagefactory-base-debian-slim", "ocserv-modern-release-libs",
-         "ocserv-modern-build", "ocserv-modern-ci")
+CHAIN = ("imagefactory-base-debian-full", "imagefactory-base-debian-slim", LibraryToolchain.name,
+         *(stage.name for stage in Build.stages.values()), "ocserv-modern-build", "ocserv-modern-ci")
 
 
 def explain(data: dict) -> str:

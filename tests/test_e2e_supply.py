@@ -27,6 +27,7 @@ from packageurl import PackageURL
 from conftest import REPO, require_tool
 from registry import local_registry
 from sbom_checks import assert_sbom_patches, assert_sbom_valid, cdx_components_by_kind, dpkg_installed_count
+from recipes.libs import ALL
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("e2e")]
 
@@ -212,8 +213,8 @@ def test_provenance_of_ci_states_sources_patches_base_flags_and_run(e2e_store, b
     (boot,) = [d for d in deps if d["annotations"]["kind"] == "bootstrap"]
     assert boot["annotations"]["suite"] and boot["uri"] == boot["annotations"]["mirror"]
     assert any(p.startswith("dpkg=") for p in boot["annotations"]["packages"])
-    assert [d["name"] for d in deps if d["annotations"]["kind"] == "stage"] == [
-        "localhost/ocserv-modern-release-libs:latest"]
+    assert [d["name"] for d in deps if d["annotations"]["kind"] == "stage"] == [  # one per library, in order
+        f"localhost/ocserv-modern-lib-{lib.name}-release:latest" for lib in ALL]
     # run details from the executor's report of that run
     assert run["metadata"]["startedOn"] <= run["metadata"]["finishedOn"]
     record = next(b for b in run["byproducts"] if b["name"] == "localhost/ocserv-modern-ci:latest")

@@ -97,18 +97,30 @@ def test_all_four_render_with_parents_and_one_step_per_library(tmp_path, recipes
             "ubi9": ("imagefactory-base-ubi9", "imagefactory-base-ubi9-minimal")}[platform]
     assert imgs["ocserv-modern-dev"]["parent"] == base[0]
     assert imgs["ocserv-modern-build"]["parent"] == base[1]
-    for name, profile in (("ocserv-modern-dev", "debug"), ("ocserv-modern-release-libs", "release")):
-        steps = library_steps(imgs[name])
-        assert [s["summary"].split()[0] for s in steps] == LIBS
-        assert all(profile in s["summary"] for s in steps)
-    assert "ocserv-modern-release-libs" in imgs["ocserv-modern-build"]["deps"]
-    copies = [s for s in imgs["ocserv-modern-build"]["steps"] if s["kind"] == "copy-from"]
-    assert [c["summary"] for c in copies] == ["ocserv-modern-release-libs:/usr/local → /usr/local"]
-    for leaf in ("ocserv-modern-test", "ocserv-modern-ci", "ocserv-modern-build"):
-        assert not library_steps(imgs[leaf]), "libraries are built once, in dev or the release stage"
+    toolchain = "ocserv-modern-lib-toolchain"
+    assert imgs[toolchain]["parent"] == base[1]  # the slim base, for both profiles
+    # one stage per library and profile: on the toolchain, or FROM the stage of what it needs
+    parents = {"wolfssl": "wolfsentry", "wolfclu": "wolfssl"}
+    for image, profile in (("ocserv-modern-dev", "debug"), ("ocserv-modern-build", "release")):
+        stages = [f"ocserv-modern-lib-{lib}-{profile}" for lib in LIBS]
+        assert imgs[image]["deps"][1:] == stages
+        for lib, stage in zip(LIBS, stages):
+            (step,) = library_steps(imgs[stage])
+            assert step["summary"].split()[0] == lib and f"({profile})" in step["summary"]
+            parent = f"ocserv-modern-lib-{parents[lib]}-{profile}" if lib in parents else toolchain
+            assert imgs[stage]["parent"] == parent, stage
+            assert not [s for s in imgs[stage]["steps"] if s["kind"] == "copy-from"], "parents hold the needs"
+        copies = [s["summary"] for s in imgs[image]["steps"] if s["kind"] == "copy-from"]
+        assert copies == [f"{stage}:/var/lib/ocserv-modern/staged/{lib}/usr/local → /usr/local"
+                          for lib, stage in zip(LIBS, stages)], "one copy layer per library, in the list's order"
+        after = imgs[image]["steps"][[s["kind"] for s in imgs[image]["steps"]].index("copy-from") + len(LIBS)]
+        assert after["kind"] == "run" and "ldconfig" in after["summary"]
+        assert "manifest.json" in run_script(after["calls"][0])
+    for image in IMAGES.values():
+        assert not library_steps(imgs[image]), "libraries are built once, in their stages"
     for squashed in ("ocserv-modern-test", "ocserv-modern-ci"):
         assert imgs[squashed]["squash"] is True
-    for mid in ("ocserv-modern-dev", "ocserv-modern-release-libs", "ocserv-modern-build"):
+    for mid in ("ocserv-modern-dev", "ocserv-modern-build", toolchain, "ocserv-modern-lib-cjson-release"):
         assert imgs[mid]["squash"] is False, "intermediates keep one layer per library"
 
 
@@ -128,7 +140,7 @@ def test_ubi9_build_uses_microdnf_with_mapped_names(tmp_path, recipes):
     assert first.splitlines()[0] == (
         "microdnf install -y --nodocs --setopt=install_weak_deps=0 binutils "
         "createrepo_c file gcc glibc-devel make patch pkgconf-pkg-config rpm-build xz")
-    libs = installs(imgs["ocserv-modern-release-libs"])[0]
+    libs = installs(imgs["ocserv-modern-lib-toolchain"])[0]
     assert libs.splitlines()[0] == (
         "microdnf install -y --nodocs --setopt=install_weak_deps=0 autoconf automake binutils cmake "
         "file gcc gcc-c++ glibc-devel gzip libtool make patch pkgconf-pkg-config tar xz")
@@ -227,38 +239,72 @@ def test_users_workdirs_and_commands(tmp_path, recipes):
         assert "libuv\t1.52.1\tlibuv libuv-static\t-" in script
 
 
-# --- cache keys: one library's flags change only its own step and the ones after it ------------
-def _chain_keys(tmp_path, **values) -> dict[str, list[tuple[str, str]]]:
-    """Each layer's (summary, cache key) from a fixed fake parent image ID: pure planner logic."""
-    from imagefactory.plan import build_plan
-    from imagefactory.walk import layer_key
+# --- cache keys: one library's patches or flags change only its stage and the copies from it on --
+class FindsEverything:
+    """A cache provider that finds every key (the image ID is the key): the walk then computes every
+    key of the plan as if all were built, so two plans compare key by key with nothing built."""
 
-    s = settings(tmp_path, "debian", **values)
-    p = build_plan(TARGETS, s)
+    def find(self, key: str):
+        from imagefactory.walk import Found, cache_ref
+
+        return Found(f"sha256:{key}", "local", cache_ref(key))
+
+
+def _keys(s) -> dict[str, list[tuple[str, str]]]:
+    """Per image, each layer's or final commit's (summary, key), from the same walk `plan` and `build` take."""
+    from imagefactory.describe import walk_plan
+    from imagefactory.plan import build_plan
+
     out = {}
-    for node in p.nodes:
-        if node.name not in ("ocserv-modern-dev", "ocserv-modern-release-libs"):
-            continue
-        key, keys = "sha256:fake-parent-image", []
-        for layer in node.layers:
-            key = layer_key(key, layer, {})
-            keys.append((layer.steps[-1].rendered.summary, key))
-        out[node.name] = keys
+    for node, decisions in walk_plan(build_plan(TARGETS, s), FindsEverything(), {}):
+        out[node.name] = [((d.unit.rendered if d.is_final or d.is_flatten else d.unit.steps[-1].rendered).summary,
+                           d.key) for d in decisions]
+        assert all(key for _, key in out[node.name]), node.name
     return out
 
 
-def test_changing_one_librarys_flags_changes_only_that_step_and_later(tmp_path, recipes):
-    before = _chain_keys(tmp_path)
-    after = _chain_keys(tmp_path, ocserv__cflags__cjson="-DIMAGEFACTORY_VARIANT=1")
-    for name in ("ocserv-modern-dev", "ocserv-modern-release-libs"):
+HARMLESS_PATCH = """\
+A new text file, no code changed: enough to change cJSON's patch set.
+
+--- /dev/null
++++ b/IMAGEFACTORY-TEST
+@@ -0,0 +1 @@
++test
+"""
+
+
+@pytest.mark.parametrize("change", ["flags", "patch"])
+def test_changing_one_library_changes_only_its_stages_and_the_copies_from_it_on(tmp_path, recipes, monkeypatch,
+                                                                                  change):
+    """A cJSON patch or flag change: its two stages and, in dev and build, the cJSON copy and every
+    layer after it (then test and ci on top); every other library stage, mimalloc's included, keeps its key."""
+    import shutil
+
+    import imagefactory.libraries as libraries
+
+    before = _keys(settings(tmp_path))
+    if change == "flags":
+        after = _keys(settings(tmp_path, ocserv__cflags__cjson="-DIMAGEFACTORY_VARIANT=1"))
+    else:
+        patches = tmp_path / "patches"
+        shutil.copytree(libraries.PATCHES_ROOT, patches)
+        (patches / "cjson" / "1.7.19" / "9999-harmless.patch").write_text(HARMLESS_PATCH)
+        monkeypatch.setattr(libraries, "PATCHES_ROOT", patches)
+        after = _keys(settings(tmp_path))
+    assert before.keys() == after.keys()
+    changed = {name for name in before if before[name] != after[name]}
+    assert changed == {"ocserv-modern-lib-cjson-release", "ocserv-modern-lib-cjson-debug", "ocserv-modern-dev",
+                       "ocserv-modern-build", "ocserv-modern-test", "ocserv-modern-ci"}
+    for name in ("ocserv-modern-lib-cjson-release", "ocserv-modern-lib-cjson-debug"):
+        assert before[name][0][0].startswith("cjson ") and before[name][0][1] != after[name][0][1]
+    for name in ("ocserv-modern-dev", "ocserv-modern-build"):
         b, a = before[name], after[name]
-        assert len(a) == len(b) and all(k for _, k in b), f"{name}: every step must have a key"
-        first_changed = next(i for i, (x, y) in enumerate(zip(b, a)) if x[1] != y[1])
-        assert b[first_changed][0].startswith("cjson "), f"{name}: first changed step is {b[first_changed][0]}"
-        assert b[:first_changed] == a[:first_changed]  # base packages, wolfssl, libuv, llhttp: same keys
-        assert all(x[1] != y[1] for x, y in zip(b[first_changed:], a[first_changed:]))  # cjson and later
-        libs_before = [s for s, _ in b if s.split()[0] in LIBS]
-        assert [s.split()[0] for s in libs_before] == LIBS
+        first = next(i for i, (x, y) in enumerate(zip(b, a)) if x[1] != y[1])
+        assert b[first][0].startswith("ocserv-modern-lib-cjson-"), f"{name}: first changed layer is {b[first][0]}"
+        assert b[:first] == a[:first]  # packages and the copies of the libraries before cJSON: same keys
+        assert all(x[1] != y[1] for x, y in zip(b[first:], a[first:]))  # cJSON's copy, mimalloc's, the rest
+        assert [s.split(":")[0] for s, _ in b[first:first + 2]] == [
+            f"ocserv-modern-lib-{lib}-{'debug' if name.endswith('dev') else 'release'}" for lib in ("cjson", "mimalloc")]
 
 
 def test_library_flag_values_reach_only_that_library(tmp_path, recipes):
