@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import require_tool, run_lock, shared_store
+from packageurl import PackageURL
 from test_libraries import _Ctx
 
 from imagefactory.arches import get_arch, host_arch
@@ -263,6 +264,13 @@ def test_cross_built_libraries_are_arm64_verified_and_run_under_qemu(arm64_libs,
         exe = verify_file(image, image / "usr/local/bin-check", "/usr/local/bin-check", "release")
         assert exe.kind == "exe" and exe.checks["pie"].status == "pass"
         assert exe.checks["needed"].status == "pass", exe.checks["needed"]
+
+        # the SBOM of the (amd64) stage names the libraries as the arm64 builds they are
+        from imagefactory import sbom
+
+        facts = sbom.ImageFacts(name=recipe.name, tag="latest", image_id="0" * 64, architecture="amd64")
+        source = {c.name: PackageURL.from_string(c.purl) for c in sbom.collect(root, facts).by_kind("source")}
+        assert {name: p.qualifiers.get("arch") for name, p in source.items()} == dict.fromkeys(libs, "arm64")
 
         # run the arm64 program from here too: binfmt_misc's qemu-aarch64 handler, the image's libraries
         proc = subprocess.run([str(root / "opt/cross/check")], capture_output=True, text=True, timeout=120,
