@@ -58,14 +58,18 @@ BUILD_DEPS: tuple[str, ...] = (
 )
 
 
-def cross_build_deps(arch: str) -> tuple[str, ...]:
+def cross_build_deps(arch: str, build: Arch | None = None) -> tuple[str, ...]:
     """Debian packages that cross-compile for ``arch`` on the build machine (next to BUILD_DEPS).
 
     The compilers and binutils named after the GNU triple, and the target's C library in
     ``/usr/<triple>`` (which is also what qemu-user loads programs against at build time).
     Debian spells the triple's ``_`` as ``-`` in package names (``gcc-x86-64-linux-gnu``).
+    None for the build machine's own architecture (``build``, default this machine's), so
+    ``Install(*BUILD_DEPS, *cross_build_deps(arch))`` serves native and cross stages alike.
     """
     target = get_arch(arch)
+    if target.name == (build or host_arch()).name:
+        return ()
     pkg = target.triple.replace("_", "-")
     return (f"gcc-{pkg}", f"g++-{pkg}", f"binutils-{pkg}", f"libc6-dev-{target.name}-cross")
 

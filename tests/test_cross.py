@@ -107,9 +107,10 @@ def test_cmake_toolchain_file():
 def test_cross_build_deps_are_debian_package_names():
     assert cross_build_deps("arm64") == ("gcc-aarch64-linux-gnu", "g++-aarch64-linux-gnu",
                                          "binutils-aarch64-linux-gnu", "libc6-dev-arm64-cross")
-    # Debian writes the x86-64 triple with a hyphen in package names
-    assert cross_build_deps("amd64")[0] == "gcc-x86-64-linux-gnu"
-    assert cross_build_deps("amd64")[-1] == "libc6-dev-amd64-cross"
+    # Debian writes the x86-64 triple with a hyphen in package names (building amd64 on arm64)
+    assert cross_build_deps("amd64", build=ARM64)[0] == "gcc-x86-64-linux-gnu"
+    assert cross_build_deps("amd64", build=ARM64)[-1] == "libc6-dev-amd64-cross"
+    assert cross_build_deps("arm64", build=ARM64) == () == cross_build_deps(host_arch().name)  # native: nothing
     with pytest.raises(ValueError, match="unknown architecture 'sparc'"):
         cross_build_deps("sparc")
     with pytest.raises(ValueError, match="unknown architecture 'mips'"):
