@@ -21,6 +21,15 @@ def _labels(info: dict) -> dict[str, str]:
     return {}
 
 
+def _architecture(info: dict) -> str | None:
+    """The image config's architecture (``amd64``, ``arm64``), as the SBOM's purls qualify it."""
+    for section in ("OCIv1", "Docker"):
+        arch = (info.get(section) or {}).get("architecture")
+        if arch:
+            return str(arch)
+    return None
+
+
 def _lookup_external(index: dict[str, str], ref: str) -> str | None:
     for candidate in (ref, f"docker.io/library/{ref}", f"localhost/{ref}"):
         if candidate in index:
@@ -77,6 +86,7 @@ def image_facts(settings: Settings, target: str | type[Recipe], bd: Buildah, reg
         platform=settings.platform,
         created=labels.get("org.opencontainers.image.created") or None,
         labels=labels,
+        architecture=_architecture(info),
     )
     return facts
 

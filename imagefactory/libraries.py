@@ -19,6 +19,15 @@
 Preparing fetches (cache first, so a warm cache needs no network) and verifies the archive and
 checks that the patches apply; rendering is pure. The step's cache key covers the archive's sha256, each patch's bytes and the profile's flags.
 Build dependencies are the recipe's job: ``Install(*BUILD_DEPS)`` before the first library.
+
+Cross-compiling (``BuildLibrary(spec, profile, cross="arm64")``) runs the same script on the build
+machine's architecture with the target's toolchain (BuildKit's ``--platform=$BUILDPLATFORM``
+pattern; emulated compiles are an order of magnitude slower): ``CC``/``CXX``/``AR``... are the
+``<triple>-`` tools, autotools gets ``--build``/``--host``, CMake a toolchain file, pkg-config
+sees only the target's ``.pc`` files, and the profile's architecture-only flags are the target's
+(:meth:`Profile.for_arch`). Programs a build runs for itself (wolfSentry's unit tests, configure
+checks) run under qemu-user through the host's binfmt_misc handler, with the cross libc as
+``QEMU_LD_PREFIX``. The manifest entry says ``"arch"``. Install ``cross_build_deps(arch)`` too.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
+from .arches import Arch, get_arch, host_arch
 from .buildah import Mount
 from .sources import FetchedArchive, SourceError, SourcePin, Sources
 from .steps import PrepareContext, RenderContext, Rendered, RunCall, Step, StepError
@@ -49,15 +59,32 @@ BUILD_DEPS: tuple[str, ...] = (
     "patch", "xz-utils", "gzip", "tar", "file", "binutils",
 )
 
+
+def cross_build_deps(arch: str, build: Arch | None = None) -> tuple[str, ...]:
+    """Debian packages that cross-compile for ``arch`` on the build machine (next to BUILD_DEPS).
+
+    The compilers and binutils named after the GNU triple, and the target's C library in
+    ``/usr/<triple>`` (which is also what qemu-user loads programs against at build time).
+    Debian spells the triple's ``_`` as ``-`` in package names (``gcc-x86-64-linux-gnu``).
+    None for the build machine's own architecture (``build``, default this machine's), so
+    ``Install(*BUILD_DEPS, *cross_build_deps(arch))`` serves native and cross stages alike.
+    """
+    target = get_arch(arch)
+    if target.name == (build or host_arch()).name:
+        return ()
+    pkg = target.triple.replace("_", "-")
+    return (f"gcc-{pkg}", f"g++-{pkg}", f"binutils-{pkg}", f"libc6-dev-{target.name}-cross")
+
+
 # llhttp's generated C sources are the same in its release archive and in every vendored copy
 # (e.g. httptools' sdist, which has no CMakeLists.txt), so we build them by hand.
 LLHTTP_BUILD = r"""
 soname="libllhttp.so.${VERSION%%.*}"
 for f in api http llhttp; do
-  cc $CFLAGS -Iinclude -c "src/$f.c" -o "$f.o"
+  "${CC:-cc}" $CFLAGS -Iinclude -c "src/$f.c" -o "$f.o"
 done
-cc $CFLAGS $LDFLAGS -shared -Wl,-soname,"$soname" -o "libllhttp.so.$VERSION" api.o http.o llhttp.o
-ar rcs libllhttp.a api.o http.o llhttp.o
+"${CC:-cc}" $CFLAGS $LDFLAGS -shared -Wl,-soname,"$soname" -o "libllhttp.so.$VERSION" api.o http.o llhttp.o
+"${AR:-ar}" rcs libllhttp.a api.o http.o llhttp.o
 install -d "$STAGE$PREFIX/lib/pkgconfig" "$STAGE$PREFIX/include"
 install -m 0644 include/llhttp.h "$STAGE$PREFIX/include/llhttp.h"
 install -m 0755 "libllhttp.so.$VERSION" "$STAGE$PREFIX/lib/"
@@ -95,7 +122,8 @@ class LibrarySpec:
     smoke      a shell command that proves the installed library/tool runs (for image checks).
     extra_cflags / extra_ldflags  appended to the profile for this library only.
     script     the custom build; sees $CFLAGS $CXXFLAGS $LDFLAGS $EXE_LDFLAGS $PREFIX $STAGE
-               $VERSION $JOBS and must install into ``$STAGE$PREFIX``.
+               $VERSION $JOBS and must install into ``$STAGE$PREFIX``; it compiles with
+               ``"${CC:-cc}"`` (``$CXX``, ``$AR``... likewise), which cross builds set.
     """
 
     pin: SourcePin
@@ -143,10 +171,15 @@ class LibrarySpec:
 
 @dataclass
 class BuildLibrary(Step):
-    """Compile, install and record one library (see the module docstring)."""
+    """Compile, install and record one library (see the module docstring).
+
+    ``cross``: the target architecture (``"arm64"``; OCI, Debian or ``uname -m`` names) when it
+    is not the build machine's; None, or the build machine's own architecture, builds natively.
+    """
 
     spec: LibrarySpec
     profile: Profile
+    cross: str | None = None
     kind: ClassVar[str] = "library"
     _sources: Sources | None = field(default=None, repr=False, compare=False)
     # filled in by prepare(): the verified archive and each patch with its sha256
@@ -154,6 +187,21 @@ class BuildLibrary(Step):
     patch_digests: tuple[tuple[Path, str], ...] = field(default=(), repr=False)
     # also keep the staged tree in this folder of the image (see keep_tree_script): library stages
     keep_tree: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.cross is not None:
+            name = get_arch(self.cross).name  # a clear error for an unknown architecture
+            self.cross = None if name == host_arch().name else name
+
+    @property
+    def target(self) -> Arch | None:
+        """The architecture cross-compiled for; None for a native build."""
+        return get_arch(self.cross) if self.cross else None
+
+    def library_profile(self) -> Profile:
+        """The flags this step compiles with: the spec's extras, and the target's architecture flags."""
+        profile = self.spec.profile_for(self.profile)
+        return profile.for_arch(self.cross) if self.cross else profile
 
     def prepare(self, ctx: PrepareContext) -> BuildLibrary:
         """Fetch (cache first, so a warm cache needs no network) and verify the archive; check the patches."""
@@ -171,8 +219,8 @@ class BuildLibrary(Step):
         archive, patches = self.archive, self.patch_digests
         if archive is None:
             raise ctx.fail(f"BuildLibrary({self.spec.name}) was rendered before it was prepared")
-        profile = self.spec.profile_for(self.profile)
-        script = build_script(self.spec, archive, [(p.name, sha) for p, sha in patches], profile)
+        profile = self.library_profile()
+        script = build_script(self.spec, archive, [(p.name, sha) for p, sha in patches], profile, self.target)
         if self.keep_tree:
             script += "\n" + keep_tree_script(self.keep_tree)
         mounts = [Mount(target=SRC_MOUNT, source=str(archive.folder), type="bind", readonly=True)]
@@ -183,13 +231,18 @@ class BuildLibrary(Step):
                   *(f"patch {p.name} sha256:{sha}" for p, sha in patches)]
         alt = "" if archive.is_primary else " (alternate archive)"
         summary = (f"{self.spec.name} {self.spec.version} ({profile.name}) from {archive.filename}{alt}"
-                   + (f" + {len(patches)} patch(es)" if patches else ""))
+                   + (f" + {len(patches)} patch(es)" if patches else "")
+                   + (f", cross-compiled for {self.cross}" if self.cross else ""))
         return Rendered(self.kind, summary, [call], inputs)
 
 
 def manifest_entry(spec: LibrarySpec, archive: FetchedArchive, patches: list[tuple[str, str]],
-                   profile: Profile) -> dict:
-    """The manifest fragment, without ``files`` (the build fills that in)."""
+                   profile: Profile, arch: str | None = None) -> dict:
+    """The manifest fragment, without ``files`` (the build fills that in).
+
+    ``arch`` (cross builds only, so native entries stay as they were): the OCI architecture name
+    the files are for; without it they are for the image's own architecture.
+    """
     pin = spec.pin
     return {
         "name": pin.library,
@@ -207,6 +260,7 @@ def manifest_entry(spec: LibrarySpec, archive: FetchedArchive, patches: list[tup
         "flags": profile.flags(),
         "options": list(spec.options),
         "build": spec.kind,
+        **({"arch": arch} if arch else {}),
     }
 
 
@@ -254,10 +308,13 @@ def check_patches_apply(ctx: PrepareContext, spec: LibrarySpec, archive: Fetched
 
 
 def build_script(spec: LibrarySpec, archive: FetchedArchive, patches: list[tuple[str, str]],
-                 profile: Profile) -> str:
-    """The shell script of the RUN: everything the cache key needs, nothing host-specific."""
+                 profile: Profile, cross: Arch | None = None) -> str:
+    """The shell script of the RUN: everything the cache key needs, nothing host-specific.
+
+    ``cross``: the target of a cross build (the profile must already be its :meth:`Profile.for_arch`).
+    """
     q = shlex.quote
-    entry = manifest_entry(spec, archive, patches, profile)
+    entry = manifest_entry(spec, archive, patches, profile, cross.name if cross else None)
     head = json.dumps(entry, sort_keys=False)[:-1] + ', "files": ['
     tree = archive.tree_root.strip("/")
     lines = [
@@ -267,6 +324,7 @@ def build_script(spec: LibrarySpec, archive: FetchedArchive, patches: list[tuple
         f"export CXXFLAGS={q(profile.CXXFLAGS)}",
         f"export LDFLAGS={q(profile.LDFLAGS)}",
         f"export EXE_LDFLAGS={q(' '.join(profile.exe_ldflags))}",
+        *(_cross_environment(cross) if cross else []),
         'JOBS=$(nproc); export JOBS',
         f"W={BUILD_DIR}; rm -rf \"$W\"; mkdir -p \"$W\"",  # one fixed path: it ends up in objects
         "trap 'rm -rf \"$W\"' EXIT INT TERM",
@@ -278,7 +336,7 @@ def build_script(spec: LibrarySpec, archive: FetchedArchive, patches: list[tuple
     for name, _sha in patches:
         lines += [f"echo 'imagefactory: applying {name}'",
                   f"patch -p1 --forward --batch -i {q(PATCH_MOUNT + '/' + name)}"]
-    lines += _configure_build_install(spec, profile)
+    lines += _configure_build_install(spec, profile, cross)
     lines += [
         'find "$STAGE" -name "*.la" -delete',
     ]
@@ -286,7 +344,8 @@ def build_script(spec: LibrarySpec, archive: FetchedArchive, patches: list[tuple
         lines += [
             "# release: strip shared objects and executables (never static archives)",
             'find "$STAGE" -type f \\( -name "*.so" -o -name "*.so.*" -o -perm -u+x \\) | while read -r f; do',
-            '  if [ "$(head -c 4 "$f" | od -An -tx1 | tr -d " \\n")" = 7f454c46 ]; then strip --strip-unneeded "$f"; fi',
+            '  if [ "$(head -c 4 "$f" | od -An -tx1 | tr -d " \\n")" = 7f454c46 ]; then '
+            f'{cross.triple + "-strip" if cross else "strip"} --strip-unneeded "$f"; fi',
             "done",
         ]
     for pc in spec.pkgconfig:
@@ -301,9 +360,11 @@ def build_script(spec: LibrarySpec, archive: FetchedArchive, patches: list[tuple
         f'{{ printf "%s" {q(head)}; printf "%s\\n" "$FILES" | sed "s/.*/\\"&\\"/" | paste -sd, -; '
         f'printf "]}}\\n"; }} > "$STAGE"{frag}',
         'cp -a "$STAGE"/. /',
-        "ldconfig && rm -f /var/cache/ldconfig/aux-cache  # inode numbers: differ every build",
+        ("ldconfig && rm -f /var/cache/ldconfig/aux-cache  # inode numbers: differ every build" if not cross else
+         "# no ldconfig: the files are for another architecture (the image they are copied into runs it)"),
         merge_manifests_script(),
-        f"echo 'imagefactory: installed {spec.name} {spec.version} ({profile.name})'",
+        f"echo 'imagefactory: installed {spec.name} {spec.version} ({profile.name}"
+        f"{', ' + cross.name if cross else ''})'",
     ]
     return "\n".join(lines)
 
@@ -325,13 +386,51 @@ def keep_tree_script(folder: str) -> str:
     return f'rm -rf {q(folder)}; mkdir -p {q(folder)}; cp -a "$STAGE"/. {q(folder)}/'
 
 
-def _configure_build_install(spec: LibrarySpec, profile: Profile) -> list[str]:
+def _cross_environment(target: Arch) -> list[str]:
+    """Exports that point every build kind at the target's toolchain, libraries and emulator."""
+    t = target.triple
+    return [
+        f"# cross-compiling for {target.name} ({t}) on the build machine",
+        f"export CC={t}-gcc CXX={t}-g++ AR={t}-ar RANLIB={t}-ranlib NM={t}-nm STRIP={t}-strip",
+        # pkg-config sees the target's .pc files only: earlier libraries of this stage, multiarch -dev packages
+        f"export PKG_CONFIG_LIBDIR={PREFIX}/lib/pkgconfig:/usr/lib/{t}/pkgconfig:/usr/share/pkgconfig",
+        f"export CPATH={PREFIX}/include  # the native gcc searches it by default, a cross gcc does not",
+        # programs the build runs for itself (configure checks, wolfSentry's unit tests) run under
+        # qemu-user via the host's binfmt_misc handler; the target's libc is the cross one
+        f"export QEMU_LD_PREFIX=/usr/{t}",
+    ]
+
+
+def cmake_toolchain(target: Arch) -> str:
+    """A CMake toolchain file for ``target``: Debian's cross compilers, target-only library lookups.
+
+    Programs come from the build machine; libraries, headers and packages are looked up in the
+    cross libc's tree and in /usr/local (what earlier cross steps installed) before anything else,
+    and CMake's multiarch directory is the target's, so the build machine's libraries never match.
+    """
+    t = target.triple
+    return "\n".join([
+        "set(CMAKE_SYSTEM_NAME Linux)",
+        f"set(CMAKE_SYSTEM_PROCESSOR {target.machine})",
+        f"set(CMAKE_C_COMPILER {t}-gcc)",
+        f"set(CMAKE_CXX_COMPILER {t}-g++)",
+        f"set(CMAKE_LIBRARY_ARCHITECTURE {t})",
+        f"set(CMAKE_FIND_ROOT_PATH /usr/{t} {PREFIX})",
+        "set(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)",
+        "set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY BOTH)",
+        "set(CMAKE_FIND_ROOT_PATH_MODE_INCLUDE BOTH)",
+        "set(CMAKE_FIND_ROOT_PATH_MODE_PACKAGE BOTH)",
+    ])
+
+
+def _configure_build_install(spec: LibrarySpec, profile: Profile, cross: Arch | None = None) -> list[str]:
     q = shlex.quote
     opts = " ".join(q(o) for o in spec.options)
     if spec.kind == "autotools":
+        host = f" --build=\"$(gcc -dumpmachine)\" --host={cross.triple}" if cross else ""
         return [
             "[ -x ./configure ] || ./autogen.sh",
-            f"./configure --prefix={PREFIX} --libdir={PREFIX}/lib --enable-shared --enable-static {opts}".rstrip(),
+            f"./configure{host} --prefix={PREFIX} --libdir={PREFIX}/lib --enable-shared --enable-static {opts}".rstrip(),
             'make -j"$JOBS"',
             'make install DESTDIR="$STAGE"',
         ]
@@ -340,8 +439,14 @@ def _configure_build_install(spec: LibrarySpec, profile: Profile) -> list[str]:
         # CMake's -O3/-O2 defaults cannot override the profile (debug keeps asserts, release -DNDEBUG).
         bt, bt_flags = ("Release", "-DNDEBUG") if not profile.debug else ("RelWithDebInfo", "")
         up = bt.upper()
+        toolchain, use_toolchain = [], ""
+        if cross:
+            toolchain = [f"cat > \"$W/toolchain.cmake\" <<'EOF'\n{cmake_toolchain(cross)}\nEOF"]
+            use_toolchain = ' "-DCMAKE_TOOLCHAIN_FILE=$W/toolchain.cmake"'
         return [
-            f'cmake -S . -B "$W/build" -DCMAKE_INSTALL_PREFIX={PREFIX} -DCMAKE_INSTALL_LIBDIR=lib '
+            *toolchain,
+            f'cmake -S . -B "$W/build"{use_toolchain} '
+            f'-DCMAKE_INSTALL_PREFIX={PREFIX} -DCMAKE_INSTALL_LIBDIR=lib '
             f"-DCMAKE_BUILD_TYPE={bt} -DCMAKE_C_FLAGS_{up}={q(bt_flags)} -DCMAKE_CXX_FLAGS_{up}={q(bt_flags)} "
             f"-DCMAKE_POSITION_INDEPENDENT_CODE=ON -DBUILD_TESTING=OFF {opts}".rstrip(),
             'cmake --build "$W/build" -j "$JOBS"',
@@ -375,5 +480,5 @@ def library_labels(libs, prefix: str = "io.imagefactory.lib.") -> dict[str, str]
 
 
 __all__ = ["BUILD_DEPS", "LLHTTP_BUILD", "MANIFEST", "MANIFEST_DIR", "BuildLibrary", "LibrarySpec",
-           "build_script", "keep_tree_script", "library_labels", "manifest_entry",
-           "merge_manifests_script"]
+           "build_script", "cmake_toolchain", "cross_build_deps", "keep_tree_script", "library_labels",
+           "manifest_entry", "merge_manifests_script"]

@@ -51,19 +51,38 @@ import dataclasses
 import platform as _platform
 from dataclasses import dataclass
 
+from .arches import ArchError, get_arch
+
 
 def _arch() -> str:
     machine = _platform.machine().lower()
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
 
 
+def _machine(arch: str) -> str:
+    """``uname -m`` spelling of an OCI, Debian or uname name (unknown names pass through)."""
+    try:
+        return get_arch(arch).machine
+    except ArchError:
+        return arch
+
+
 def arch_hardening(arch: str) -> tuple[str, ...]:
-    """Control-flow protection flags that exist only on one architecture."""
+    """Control-flow protection flags that exist only on one architecture (``amd64`` or ``x86_64`` alike).
+
+    x86-64: ``-fcf-protection=full`` (IBT + shadow stack, CET); aarch64:
+    ``-mbranch-protection=standard`` (BTI landing pads + PAC return-address signing).
+    """
+    arch = _machine(arch)
     if arch in ("x86_64", "i686", "i386"):
         return ("-fcf-protection=full",)
     if arch == "aarch64":
         return ("-mbranch-protection=standard",)
     return ()
+
+
+# Every architecture-only flag we know: what Profile.for_arch swaps out.
+_ARCH_ONLY_FLAGS = frozenset(f for m in ("x86_64", "aarch64") for f in arch_hardening(m))
 
 
 def hardening_cflags(arch: str | None = None) -> tuple[str, ...]:
@@ -142,6 +161,29 @@ class Profile:
             ldflags=edit(self.ldflags, extra_ldflags),
         )
         return dataclasses.replace(changed, **replace) if replace else changed
+
+    def for_arch(self, arch: str) -> Profile:
+        """The same profile for another architecture: its control-flow flags instead of ours.
+
+        ``RELEASE.for_arch("arm64")`` has ``-mbranch-protection=standard`` where the x86-64 profile
+        has ``-fcf-protection=full`` (same position, so the flag order stays readable); every
+        other flag is shared. A profile with no architecture flag (one a recipe made without
+        them) stays without; the build machine's own architecture returns ``self`` unchanged.
+        """
+        wanted = arch_hardening(arch)
+
+        def swap(flags: tuple[str, ...]) -> tuple[str, ...]:
+            out: list[str] = []
+            for flag in flags:
+                if flag not in _ARCH_ONLY_FLAGS:
+                    out.append(flag)
+                elif not any(f in out for f in wanted):
+                    out.extend(wanted)
+            return tuple(out)
+
+        changed = dataclasses.replace(self, cflags=swap(self.cflags), cxxflags=swap(self.cxxflags),
+                                      ldflags=swap(self.ldflags))
+        return self if changed == self else changed
 
     def to_dict(self) -> dict:
         return {"name": self.name, "strip": self.strip, "debug": self.debug, **self.flags()}

@@ -4,6 +4,12 @@ The image is inspected as files on disk (a mounted rootfs), read with pyelftools
 result does not depend on the host's binutils. Every path lookup (symlinks, RPATH,
 DT_NEEDED, ld.so.conf) is anchored at the image root: a library that only the host has
 must never make an image look complete.
+
+Checks follow each file's own ``e_machine``, so one tree (or a cross-built stage) of another
+architecture is judged by that architecture's rules: x86-64 files carry the CET check (IBT and
+SHSTK, ``-fcf-protection``), aarch64 files the branch-protection check (BTI and PAC,
+``-mbranch-protection=standard``); RELRO, BIND_NOW, PIE, NX stack, fortify, stack protector,
+RPATH and the needed libraries apply to every architecture.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ MANIFEST = "usr/local/share/imagefactory/manifest.json"
 PROFILES = ("debug", "release")
 
 # Column order of the report; a file only carries the checks that apply to its kind.
-CHECKS = ("relro", "stack-protector", "fortify", "pie", "nx-stack", "cet", "rpath", "debug-info", "needed")
+CHECKS = ("relro", "stack-protector", "fortify", "pie", "nx-stack", "cet", "bti-pac", "rpath", "debug-info",
+          "needed")
 
 _DF_BIND_NOW = 0x8
 _DF_1_NOW = 0x1
@@ -37,6 +44,8 @@ _ET_EXEC = 2
 _ET_DYN = 3
 _X86_IBT = 0x1
 _X86_SHSTK = 0x2
+_AARCH64_BTI = 0x1  # GNU_PROPERTY_AARCH64_FEATURE_1_BTI
+_AARCH64_PAC = 0x2  # GNU_PROPERTY_AARCH64_FEATURE_1_PAC
 _MAX_SYMLINKS = 40
 
 # libc functions that glibc replaces with a __*_chk variant under _FORTIFY_SOURCE.
@@ -244,6 +253,7 @@ class ElfFacts:
     symbols: set[str]  # every name in .dynsym and .symtab
     imports: set[str]  # undefined names only
     x86_features: int | None  # GNU_PROPERTY_X86_FEATURE_1_AND, None when absent
+    aarch64_features: int | None = None  # GNU_PROPERTY_AARCH64_FEATURE_1_AND, None when absent
 
     @property
     def kind(self) -> str:
@@ -286,7 +296,8 @@ def read_elf(host: Path, image_path: str) -> ElfFacts | None:
             sections={s.name for s in elf.iter_sections()},
             symbols=symbols,
             imports=imports,
-            x86_features=_x86_features(elf),
+            x86_features=_gnu_property(elf, "GNU_PROPERTY_X86_FEATURE_1_AND"),
+            aarch64_features=_gnu_property(elf, "GNU_PROPERTY_AARCH64_FEATURE_1_AND"),
         )
 
 
@@ -314,7 +325,8 @@ def _symbols(elf: ELFFile) -> tuple[set[str], set[str]]:
     return names, undefined
 
 
-def _x86_features(elf: ELFFile) -> int | None:
+def _gnu_property(elf: ELFFile, pr_type: str) -> int | None:
+    """The bitmap of one GNU property note (feature markings the linker ANDs over all inputs)."""
     for section in elf.iter_sections():
         if not isinstance(section, NoteSection):
             continue
@@ -322,7 +334,7 @@ def _x86_features(elf: ELFFile) -> int | None:
             if note["n_type"] != "NT_GNU_PROPERTY_TYPE_0":
                 continue
             for prop in note["n_desc"]:
-                if prop["pr_type"] == "GNU_PROPERTY_X86_FEATURE_1_AND":
+                if prop["pr_type"] == pr_type:
                     return prop["pr_data"]
     return None
 
@@ -387,6 +399,29 @@ def check_cet(elf: ElfFacts) -> CheckResult:
     if marked:
         return CheckResult("cet", Status.WARN, f"only {marked[0]} marked")
     return CheckResult("cet", Status.INFO, "no IBT/SHSTK marking (toolchain crt/libc lack it; report only)")
+
+
+def check_bti_pac(elf: ElfFacts) -> CheckResult:
+    """aarch64's CET: BTI landing pads and PAC return-address signing (``-mbranch-protection=standard``).
+
+    Report-only like :func:`check_cet`: the linker keeps the marking only when every input has
+    it, crt files and static libraries included, so a distribution whose crt files lack it
+    leaves unmarked binaries whatever we compile with.
+    """
+    if elf.machine != "EM_AARCH64":
+        return CheckResult("bti-pac", Status.INFO, f"not applicable to {elf.machine}")
+    features = elf.aarch64_features or 0
+    marked = [n for bit, n in ((_AARCH64_BTI, "BTI"), (_AARCH64_PAC, "PAC")) if features & bit]
+    if len(marked) == 2:
+        return CheckResult("bti-pac", Status.PASS, "BTI and PAC marked")
+    if marked:
+        return CheckResult("bti-pac", Status.WARN, f"only {marked[0]} marked")
+    return CheckResult("bti-pac", Status.INFO, "no BTI/PAC marking (toolchain crt/libc or an input lack it; report only)")
+
+
+def control_flow_check(elf: ElfFacts) -> CheckResult:
+    """The architecture's control-flow protection check: BTI/PAC on aarch64, CET elsewhere."""
+    return check_bti_pac(elf) if elf.machine == "EM_AARCH64" else check_cet(elf)
 
 
 def check_rpath(elf: ElfFacts, root: Path) -> CheckResult:
@@ -592,7 +627,7 @@ def verify_file(
         check_fortify(elf),
         *([check_pie(elf)] if kind == "exe" else []),
         check_nx_stack(elf),
-        check_cet(elf),
+        control_flow_check(elf),
         check_rpath(elf, root),
         check_debug_info(elf, profile),
         check_needed(elf, root, conf_dirs),

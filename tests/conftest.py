@@ -203,9 +203,10 @@ IMPLIED_MARKERS = {
     "tiny_store": ("buildah",),
     "small_store": ("buildah",),
     "lib_images": ("buildah", "slow"),
+    "arm64_libs": ("buildah", "slow"),  # test_cross.py: cross-compiled libraries in the lib-images store
     "e2e_store": ("buildah", "slow", "e2e"),
 }
-SHARED_GROUPS = {"lib_images": "lib-images", "e2e_store": "e2e"}  # tests of one shared store stay on one worker
+SHARED_GROUPS = {"lib_images": "lib-images", "arm64_libs": "lib-images", "e2e_store": "e2e"}  # tests of one shared store stay on one worker
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects and before xdist reads the groups

@@ -86,7 +86,7 @@ def collect(
     notes: list[str] = []
     comps = collect_dpkg(root, osr, refs)
     comps += collect_rpm(root, osr, refs, notes)
-    comps += collect_manifest(root, refs, notes)
+    comps += collect_manifest(root, refs, notes, facts.architecture)
     found_lockfiles, node_modules = discover_npm(root)
     claimed_dirs: set[str] = {f"/{m}" for m in node_modules}  # npm's: installed packages and their bins
     comps += collect_installed_npm(root, node_modules, refs, notes)

@@ -62,6 +62,9 @@ class ImageFacts:
     platform: str = "debian"  # "debian" | "ubi9"
     created: str | None = None  # ISO 8601; SOURCE_DATE_EPOCH wins when set
     labels: dict[str, str] = field(default_factory=dict)
+    # the image config's architecture (OCI name: amd64, arm64): the image purl's and the source
+    # libraries' ``arch`` qualifier (a manifest entry's own ``arch``, from a cross build, wins)
+    architecture: str | None = None
 
 
 @dataclass(frozen=True)
@@ -186,9 +189,12 @@ def _hex_id(value: str | None) -> str | None:
     return v.split(":", 1)[1] if v.startswith("sha256:") else v
 
 
-def _oci_purl(name: str, digest_hex: str | None, tag: str | None = None) -> str:
+def _oci_purl(name: str, digest_hex: str | None, tag: str | None = None, arch: str | None = None) -> str:
+    """purl-spec's oci type; ``arch`` is one of its documented qualifiers (one instance of a manifest list)."""
     repo, _, short = name.rpartition("/")
     quals: dict[str, str] = {}
+    if arch:
+        quals["arch"] = arch
     if repo:
         quals["repository_url"] = name
     if tag:
@@ -227,7 +233,7 @@ def _ancestors(facts: ImageFacts) -> list[_Ancestor]:
 
 
 def _image_purl(facts: ImageFacts) -> str:
-    return _oci_purl(facts.name, _hex_id(facts.digest) or _hex_id(facts.image_id), facts.tag)
+    return _oci_purl(facts.name, _hex_id(facts.digest) or _hex_id(facts.image_id), facts.tag, facts.architecture)
 
 
 def _creation_time(facts: ImageFacts) -> datetime:

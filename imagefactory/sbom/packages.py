@@ -215,7 +215,12 @@ def collect_rpm(root: Path, osr: dict[str, str], refs: dict[str, str], notes: li
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
-def collect_manifest(root: Path, refs: dict[str, str], notes: list[str]) -> list[Component]:
+def collect_manifest(root: Path, refs: dict[str, str], notes: list[str], arch: str | None = None) -> list[Component]:
+    """Source-built libraries from the build manifest; ``arch`` is the image's architecture.
+
+    Each purl gets an ``arch`` qualifier: the entry's own (a cross build records its target) or
+    the image's, so the amd64 and arm64 instances of one manifest list name different binaries.
+    """
     text = _read_text(root, MANIFEST_PATH)
     if text is None:
         notes.append(f"no build manifest at /{MANIFEST_PATH}: no source-built libraries listed")
@@ -239,13 +244,19 @@ def collect_manifest(root: Path, refs: dict[str, str], notes: list[str]) -> list
             raise ManifestError(f"{where}: archive.sha256 is not a SHA-256 hex digest: {sha!r}")
         purl = lib.get("purl")
         download = archive.get("url") or lib.get("upstream_url")
+        lib_arch = lib.get("arch") or arch
+        if lib_arch is not None and not (isinstance(lib_arch, str) and re.fullmatch(r"[a-z0-9_]+", lib_arch)):
+            raise ManifestError(f"{where}: arch must be an architecture name such as arm64, got {lib_arch!r}")
         if purl:
             try:
-                purl = PackageURL.from_string(purl).to_string()
+                parsed = PackageURL.from_string(purl)
             except ValueError as exc:
                 raise ManifestError(f"{where}: invalid purl {purl!r}: {exc}") from exc
+            quals = dict(parsed.qualifiers or {}) | ({"arch": lib_arch} if lib_arch else {})
+            purl = parsed._replace(qualifiers=quals or None).to_string()
         else:
             quals = {"download_url": download} if download else {}
+            quals |= {"arch": lib_arch} if lib_arch else {}
             purl = PackageURL(type="generic", name=name, version=version, qualifiers=quals).to_string()
         patches = []
         for p in lib.get("patches") or []:
@@ -275,6 +286,7 @@ def collect_manifest(root: Path, refs: dict[str, str], notes: list[str]) -> list
             download_url=download,
             homepage=lib.get("homepage"),
             description=lib.get("description"),
+            arch=lib_arch or None,
             patches=patches,
             properties=props,
         ))
