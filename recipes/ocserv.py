@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from imagefactory.libraries import (BUILD_DEPS, PREFIX, BuildLibrary, LibrarySpec, library_labels,
+from imagefactory.libraries import (BUILD_DEPS, PREFIX, BuildLibrary, LibrarySpec, cross_build_deps, library_labels,
                                     merge_manifests_script)
 from imagefactory.recipe import Recipe, RecipeError, Runtime
 from imagefactory.steps import AddUser, Config, Copy, CopyFrom, Install, Rendered, Run, RunCall, User
@@ -48,14 +48,14 @@ LDCONFIG = "ldconfig && rm -f /var/cache/ldconfig/aux-cache"  # its inode cache 
 # CMake's Help/ is the offline text of `cmake --help-*`.
 UNUSED_BUILD_FILES = ("/usr/bin/*lto-dump*", "/usr/share/cmake-*/Help")
 # The release build image does not build with sanitizers: their runtimes (~27 MB) go too.
-SANITIZER_RUNTIMES = ("/usr/lib/x86_64-linux-gnu/lib*san.so*", "/usr/lib/gcc/*/*/lib*san*.a",
+SANITIZER_RUNTIMES = ("/usr/lib/*-linux-gnu/lib*san.so*", "/usr/lib/gcc/*/*/lib*san*.a",
                       "/usr/lib/gcc/*/*/lib*san*.so", "/usr/lib/gcc/*/*/lib*san_preinit.o")
 # Documentation outside the paths dpkg is told to skip: CMake's offline help (~5 MB, the text of
 # `cmake --help-*`). Dropped in the layer that installs it, so no layer carries it.
 DOCS_DPKG_MISSES = ("/usr/share/cmake-*/Help",)
 # binutils' gprofng profiler (~5 MB): a build image profiles nothing (dev keeps it).
-PROFILER_FILES = ("/usr/bin/gprofng*", "/usr/lib/x86_64-linux-gnu/libgprofng.so*",
-                  "/usr/lib/x86_64-linux-gnu/gprofng", "/etc/gprofng.rc")
+PROFILER_FILES = ("/usr/bin/gprofng*", "/usr/lib/*-linux-gnu/libgprofng.so*",
+                  "/usr/lib/*-linux-gnu/gprofng", "/etc/gprofng.rc")
 # What a release build/CI image keeps besides MIN_TOOLCHAIN and the packaging tools: binutils
 # (ar, ld, strip for LTO archives), file, xz/patch for source packages.
 RELEASE_EXTRAS = ("binutils", "file", "patch", "xz-utils")
@@ -128,9 +128,12 @@ class LibraryToolchain(Recipe):
     name = "ocserv-modern-lib-toolchain"
     hidden = True
     base = "slim"
+    build_platform = True  # an arm64 image's libraries are cross-compiled here, on the build machine
 
     def steps(self):
         yield InstallTrimmed(*BUILD_DEPS, *protocol_names(self.settings), drop=UNUSED_BUILD_FILES)
+        if self.cross:  # the native layer above is shared with native builds; the cross toolchain on top
+            yield Install(*cross_build_deps(self.target.name))
 
 
 def staged_tree(spec: LibrarySpec) -> str:
@@ -178,7 +181,8 @@ def _library_stage(name: str, spec: LibrarySpec, profile: Profile, parent: type[
             yield CopyFrom(dep.name, staged_tree(dep) + PREFIX, PREFIX)
         if copies:  # configure runs programs linked against them: the loader must find them
             yield Run(LDCONFIG, title="ldconfig: register the libraries this one builds against")
-        yield BuildLibrary(spec, library_profile(self.settings, spec, profile), keep_tree=staged_tree(spec))
+        yield BuildLibrary(spec, library_profile(self.settings, spec, profile), keep_tree=staged_tree(spec),
+                           cross=self.target.name if self.cross else None)
 
     doc = (f"Stage: {spec.name} {spec.version} built with the {profile.name} profile (not shipped)\n\n"
            f"Builds on {parent.name}; keeps what it installed in {staged_tree(spec)} for the images "
