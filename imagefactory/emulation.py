@@ -102,6 +102,26 @@ def enable_commands(arch: str | Arch, status: BinfmtStatus | None = None) -> lis
     return steps
 
 
+class EmulationError(RuntimeError):
+    """Another architecture's programs cannot run here; the message has the commands that fix it."""
+
+
+def require_emulation(arch: str | Arch, folder: Path = BINFMT_MISC, build: Arch | None = None) -> None:
+    """Fail before a build starts when ``arch`` needs qemu-user and the kernel cannot run it.
+
+    For a preflight: building an arm64 image (or cross-compiling a library whose build runs
+    its tests) on amd64 without the handler fails minutes in with "Exec format error".
+    """
+    target = arch if isinstance(arch, Arch) else get_arch(arch)
+    if target.name == (build or host_arch()).name:
+        return
+    status = binfmt_status(target, folder)
+    if not status.ok:
+        raise EmulationError(f"cannot build for {target.name} on this {(build or host_arch()).name} machine: "
+                             f"{status.describe()}. As root: {'; '.join(enable_commands(target, status))} "
+                             "(or run ci/setup; see docs/multiarch.md)")
+
+
 def foreign_arches(build: Arch | None = None) -> list[Arch]:
     """The architectures imagefactory builds that the build machine runs only under emulation."""
     build = build or host_arch()
@@ -137,5 +157,5 @@ def required_rows(configured: Iterable[str], build: Arch | None = None) -> set[s
     return {f"qemu {a.name}" for a in foreign_arches(build) if a.name in wanted}
 
 
-__all__ = ["BINFMT_MISC", "BinfmtStatus", "binfmt_status", "doctor_rows", "enable_commands", "foreign_arches",
-           "required_rows"]
+__all__ = ["BINFMT_MISC", "BinfmtStatus", "EmulationError", "binfmt_status", "doctor_rows", "enable_commands",
+           "foreign_arches", "require_emulation", "required_rows"]

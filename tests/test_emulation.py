@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import re
 import subprocess
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import pytest
 from conftest import require_tool
 
 from imagefactory.arches import get_arch
-from imagefactory.emulation import BINFMT_MISC, binfmt_status, doctor_rows, enable_commands, required_rows
+from imagefactory.emulation import (BINFMT_MISC, EmulationError, binfmt_status, doctor_rows, enable_commands,
+                                    require_emulation, required_rows)
 
 AMD64 = get_arch("amd64")
 # /proc/sys/fs/binfmt_misc/qemu-aarch64 as Debian's qemu-user-static registers it
@@ -39,6 +41,7 @@ def test_a_registered_fix_binary_handler_is_ok(tmp_path):
     status = binfmt_status("aarch64", folder)
     assert status.ok and status.flags == "PF" and status.interpreter == "/usr/libexec/qemu-binfmt/aarch64-binfmt-P"
     assert enable_commands("arm64", status) == []
+    require_emulation("arm64", folder, build=AMD64)
     assert doctor_rows(["amd64", "arm64"], folder, build=AMD64) == [
         ("qemu arm64", True, "qemu-aarch64 enabled, flags PF, /usr/libexec/qemu-binfmt/aarch64-binfmt-P", "")]
 
@@ -68,6 +71,10 @@ def test_each_problem_is_named_with_the_commands_that_fix_it(tmp_path, kind, fol
     assert warn[1] is True and warn[2].startswith("warning: ") and "needed only for --arch arm64" in warn[2]
     assert required_rows(["amd64", "arm64"], build=AMD64) == {"qemu arm64"}
     assert required_rows(["amd64"], build=AMD64) == set()
+    # a build for arm64 stops before it starts, saying what is wrong and what to run
+    with pytest.raises(EmulationError, match=f"cannot build for arm64 on this amd64 machine: .*{re.escape(problem)}.*As root: "):
+        require_emulation("arm64", folder, build=AMD64)
+    require_emulation("amd64", folder, build=AMD64)  # the build machine's own architecture needs nothing
 
 
 def test_this_machine_runs_arm64_programs(tmp_path):
