@@ -471,7 +471,8 @@ def final_commits(node: Node, settings: Settings, facts: HostFacts, trailing: li
     finished in two commits: the *stable* one (trailing config + stable labels), which children
     build FROM, and the named image on top of it carrying the volatile labels (a config-only
     commit). A leaf (no child builds on it) is finished in one commit. ``created`` is keyed only when
-    SOURCE_DATE_EPOCH pins it, so time passing is not a cache miss.
+    SOURCE_DATE_EPOCH pins it, so time passing is not a cache miss. Bases and stages (not shipped)
+    carry no volatile labels at all: one commit, folded into their last layer.
     """
     labels = oci_labels(node.recipe, settings, revision=facts.revision, source=facts.source, now=facts.started)
 
@@ -486,6 +487,11 @@ def final_commits(node: Node, settings: Settings, facts: HostFacts, trailing: li
     facts_text = [f"squash={node.squash}", f"format={node.image_format}", f"timestamp={settings.source_date_epoch}"]
     ref = node.ref
     squashed = " (squashed)" if node.squash else ""
+    if not node.shipped:  # a base or a stage: never run or published, so it needs no revision labels
+        label_args = args((k, v) for k, v in labels.items() if k not in VOLATILE_LABELS)
+        rendered = Rendered("final", f"config + labels of {ref}{squashed}", [*calls, ConfigCall(label_args)],
+                            facts_text)
+        return [FinalCommit(first_index, rendered, tuple(trailing), label_args, node.squash, True)]
     if node.leaf:  # no child builds on it: one commit carries everything
         label_args = args(labels.items())
         rendered = Rendered("final", f"commit {ref}{squashed}", [*calls, ConfigCall(keyed(label_args))], facts_text)
