@@ -14,6 +14,8 @@ from .steps import RunCall
 
 
 def check(plan: Plan, secrets: Secrets) -> None:
+    from .emulation import EmulationError, require_emulation
+
     problems: list[str] = []
     for node in plan.nodes:
         for layer in node.layers:
@@ -26,6 +28,11 @@ def check(plan: Plan, secrets: Secrets) -> None:
                         if why:
                             problems.append(f"recipe {node.name!r}, step {p.index} ({p.rendered.kind}: "
                                             f"{p.rendered.summary}): {why}")
+    for arch in sorted({n.arch for n in plan.nodes if n.arch} | {n.target_arch for n in plan.nodes if n.target_arch}):
+        try:  # a foreign architecture's programs run under qemu-user: fail now, not minutes in
+            require_emulation(arch)
+        except EmulationError as exc:
+            problems.append(str(exc))
     if problems:
         head = "the build cannot start" if len(problems) == 1 else f"the build cannot start ({len(problems)} problems)"
         raise PlanError(head + ":\n  " + "\n  ".join(problems))

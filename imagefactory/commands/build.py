@@ -15,7 +15,7 @@ from ..config import Settings
 from ..execute import BuildFailed, Executor
 from ..locks import store_lock
 from ..multiarch import is_multiarch, make_manifest_lists
-from .. import rootless
+from .. import emulation, rootless
 from ..plan import build_plan
 from ..platforms import host_debian_mirror
 from ..recipe import CATALOGUE
@@ -317,7 +317,7 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     rows = [["✓" if ok else "✗", name, detail, "" if ok else fix] for name, ok, detail, fix in checks]
     print_table("doctor", ["", "check", "found", "how to fix"], rows)
     args._report_data = {"checks": [dict(zip(("name", "ok", "detail", "fix"), c)) for c in checks]}
-    required = {"buildah", "storage", "isolation", "debian mirror"}
+    required = {"buildah", "storage", "isolation", "debian mirror"} | emulation.required_rows(settings.build_arches)
     return EXIT_OK if all(ok for name, ok, _, _ in checks
                           if name in required or name.startswith("rootless ")) else EXIT_FAIL
 
@@ -361,6 +361,7 @@ def doctor_checks(settings: Settings, image: str | None = None) -> list[tuple[st
     cache = Path(settings.source_cache)
     out.append(("source cache", True, f"{cache} ({len(list(cache.glob('*')))} files)" if cache.is_dir()
                 else f"{cache} (empty)", ""))
+    out.extend(emulation.doctor_rows(settings.build_arches))
     return out
 
 
