@@ -148,7 +148,7 @@ class Executor:
             self._load_index()
             self.reporter.start(plan)
             results = {n.name: ImageResult(n.name, n.recipe.target_name(), n.ref,
-                                           size_budget_mb=n.recipe.size_budget(plan.platform.name),
+                                           size_budget_mb=n.recipe.size_budget(plan.platform.name, n.target_arch),
                                            arch=n.target_arch)
                        for n in plan.nodes}
             self._run_graph(plan, results)

@@ -64,7 +64,8 @@ class Recipe:
       version         image tag and org.opencontainers.image.version
       squash          squash the final image; default: squash leaf images only
       size_budget_mb  ``verify --size`` fails above it; ``build`` reports against it; one number
-                      for every platform, or per platform ``{"debian": 260, "ubi9": 200}``
+                      for every platform, or per platform ``{"debian": 260, "ubi9": 200}``, or per
+                      platform and architecture ``{"debian": 260, "debian/arm64": 280}``
       stages          ``{"builder": BuilderRecipe}`` for multi-stage recipes
       runtime         :class:`Runtime` settings for quadlet/shell
       labels          extra OCI labels
@@ -147,11 +148,14 @@ class Recipe:
         return None
 
     @classmethod
-    def size_budget(cls, platform: str) -> float | None:
+    def size_budget(cls, platform: str, arch: str | None = None) -> float | None:
         """The budget on PLATFORM: a plain number applies everywhere, a dict names each platform's
-        own (a platform it does not name has no budget)."""
+        own (a platform it does not name has no budget); ``"debian/arm64"`` is that architecture's
+        own budget on the platform (binaries differ in size per architecture), else the platform's."""
         budget = cls.size_budget_mb
-        return budget.get(platform) if isinstance(budget, dict) else budget
+        if not isinstance(budget, dict):
+            return budget
+        return budget.get(f"{platform}/{arch}", budget.get(platform)) if arch else budget.get(platform)
 
     @classmethod
     def image_ref(cls, arch: str | None = None) -> str:

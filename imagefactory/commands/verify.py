@@ -33,13 +33,14 @@ def resolve_image(name: str) -> tuple[str, type[Recipe] | None]:
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     """A target is checked on every architecture of ``--arch``/``arches`` (each instance by its own rules)."""
     ref, recipe = resolve_image(args.image)
-    refs = [recipe.image_ref(a) for a in settings.build_arches] if recipe is not None else [ref]
-    results = [_verify_one(args, settings, r, recipe) for r in refs]
+    arches = settings.build_arches if recipe is not None else (None,)
+    results = [_verify_one(args, settings, recipe.image_ref(a) if recipe else ref, recipe, a) for a in arches]
     args._report_data = results[0] if len(results) == 1 else {"ok": all(d["ok"] for d in results), "images": results}
     return EXIT_OK if all(d["ok"] for d in results) else EXIT_FAIL
 
 
-def _verify_one(args: argparse.Namespace, settings: Settings, ref: str, recipe: type[Recipe] | None) -> dict:
+def _verify_one(args: argparse.Namespace, settings: Settings, ref: str, recipe: type[Recipe] | None,
+                arch: str | None) -> dict:
     bd = buildah_for(settings)
     try:
         with bd.mounted_image(ref) as root:
@@ -52,7 +53,7 @@ def _verify_one(args: argparse.Namespace, settings: Settings, ref: str, recipe: 
         return {"image": ref, "ok": False, "error": exc.stderr_tail}
     if args.size:
         size = _image_size(bd, ref)
-        budget = recipe.size_budget(settings.platform) if recipe is not None else None
+        budget = recipe.size_budget(settings.platform, arch) if recipe is not None else None
         report.image_checks.append(check_size(size, budget, image=ref, platform=settings.platform))
     console.print(f"[bold]{ref}[/]", highlight=False)
     print_report(report, console)
