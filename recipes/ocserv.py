@@ -350,12 +350,16 @@ class Build(Recipe):
     Dropped in the install layer (no build runs them): gcc's lto-dump, the sanitizer runtimes,
     binutils' gprofng. Opting in to rpm tooling adds 28 MB (311 MB measured): a recipe that
     does so declares its own budget (subclass ``Build``).
+
+    On arm64 (``--arch arm64``; libraries cross-compiled, docs/multiarch.md): 309 MB measured, budget
+    325 (+5.2 %): the same packages, but the arm64 base is 104 MB (aarch64 code and Debian's arm64
+    builds of the same libraries are larger) and so are gcc's cc1/lto1.
     """
 
     name = "ocserv-modern-build"
     target = "build"
     base = "slim"
-    size_budget_mb: ClassVar[dict[str, float]] = {"debian": 295, "ubi9": 200}
+    size_budget_mb: ClassVar[dict[str, float]] = {"debian": 295, "debian/arm64": 325, "ubi9": 200}
     stages: ClassVar[dict] = library_stages(RELEASE)
     labels: ClassVar[dict[str, str]] = {**LIBRARY_LABELS, "io.imagefactory.profile": RELEASE.name}
     runtime = Runtime(user="builder", workdir="/workspace", mount_project="/workspace")
@@ -387,7 +391,7 @@ class Ci(Build):
 
     name = "ocserv-modern-ci"
     target = "ci"
-    size_budget_mb: ClassVar[dict[str, float]] = {"debian": 295, "ubi9": 200}
+    size_budget_mb: ClassVar[dict[str, float]] = {"debian": 295, "debian/arm64": 325, "ubi9": 200}
 
     def steps(self):
         yield User("root")  # build's image runs as builder
