@@ -27,7 +27,7 @@ from imagefactory.arches import get_arch, host_arch
 from imagefactory.libraries import BuildLibrary, cmake_toolchain, cross_build_deps
 from imagefactory.toolchain import DEBUG, RELEASE
 from imagefactory.walk import step_key
-from recipes.libs import ALL, CJSON, LLHTTP, WOLFSENTRY, WOLFSSL
+from recipes.libs import ALL, CJSON, LLHTTP, WOLFSENTRY
 
 ARM64 = get_arch("arm64")
 
@@ -144,8 +144,6 @@ cat > t.c <<'EOF'
 #include <string.h>
 #include <cjson/cJSON.h>
 #include <llhttp.h>
-#include <wolfssl/options.h>
-#include <wolfssl/ssl.h>
 int main(void) {
   llhttp_t parser; llhttp_settings_t settings;
   const char *req = "GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
@@ -154,15 +152,14 @@ int main(void) {
   llhttp_init(&parser, HTTP_REQUEST, &settings);
   if (llhttp_execute(&parser, req, strlen(req)) != HPE_OK) return 1;
   if (!o || cJSON_GetObjectItem(o, "a")->valueint != 42) return 2;
-  if (wolfSSL_Init() != WOLFSSL_SUCCESS) return 3;
   cJSON_Delete(o);
-  printf("arm64 ok: cjson %s, llhttp %d.%d.%d, wolfssl %s\n", cJSON_Version(), LLHTTP_VERSION_MAJOR,
-         LLHTTP_VERSION_MINOR, LLHTTP_VERSION_PATCH, wolfSSL_lib_version());
+  printf("arm64 ok: cjson %s, llhttp %d.%d.%d\n", cJSON_Version(), LLHTTP_VERSION_MAJOR,
+         LLHTTP_VERSION_MINOR, LLHTTP_VERSION_PATCH);
   return 0;
 }
 EOF
-aarch64-linux-gnu-gcc $CFLAGS $(pkg-config --cflags libcjson llhttp wolfssl) t.c -o cross-check $EXE_LDFLAGS $LDFLAGS \
-  $(pkg-config --libs libcjson llhttp wolfssl)
+aarch64-linux-gnu-gcc $CFLAGS $(pkg-config --cflags libcjson llhttp) t.c -o cross-check $EXE_LDFLAGS $LDFLAGS \
+  $(pkg-config --libs libcjson llhttp)
 aarch64-linux-gnu-strip --strip-unneeded cross-check
 mkdir -p /opt/cross && install -m 0755 cross-check /opt/cross/check
 LD_LIBRARY_PATH=/usr/local/lib /opt/cross/check
@@ -182,7 +179,11 @@ def _elf_machines(root: Path, under: str) -> dict[str, str]:
 
 
 def build_arm64_libs(store):
-    """An amd64 build stage holding arm64 builds of wolfSentry, wolfSSL, llhttp and cJSON (one per kind)."""
+    """An amd64 build stage holding arm64 builds of wolfSentry (make), llhttp (custom) and cJSON (cmake).
+
+    The autotools kind (wolfSSL, wolfCLU) is cross-built by the e2e multi-arch test
+    (test_e2e_multiarch.py), in the shared e2e store: wolfSSL alone takes minutes, once per run is enough.
+    """
     from lib_images import _define_recipes
 
     from imagefactory.execute import Executor
@@ -200,7 +201,6 @@ def build_arm64_libs(store):
         def steps(self):
             yield Install(*cross_build_deps("arm64"), "netbase")  # netbase: wolfSentry's tests resolve "tcp"
             yield BuildLibrary(WOLFSENTRY, DEBUG, cross="arm64")  # DEBUG: -O2 without LTO, the faster build
-            yield BuildLibrary(WOLFSSL, DEBUG, cross="arm64")
             yield BuildLibrary(LLHTTP, RELEASE, cross="arm64")
             yield BuildLibrary(CJSON, RELEASE, cross="arm64")
             flags = RELEASE.for_arch("arm64")
@@ -236,7 +236,7 @@ def test_cross_built_libraries_are_arm64_verified_and_run_under_qemu(arm64_libs,
 
         manifest = json.loads((root / "usr/local/share/imagefactory/manifest.json").read_text())
         libs = {lib["name"]: lib for lib in manifest["libraries"]}
-        assert set(libs) == {"wolfsentry", "wolfssl", "llhttp", "cjson"}
+        assert set(libs) == {"wolfsentry", "llhttp", "cjson"}
         for name, lib in libs.items():
             assert [f for f in lib["files"] if f.lstrip("/") in machines], f"{name} installed no ELF file"
             profile = {"debug": DEBUG, "release": RELEASE}[lib["profile"]]
@@ -278,4 +278,4 @@ def test_cross_built_libraries_are_arm64_verified_and_run_under_qemu(arm64_libs,
                               env={**os.environ, "QEMU_LD_PREFIX": "/usr/aarch64-linux-gnu",
                                    "LD_LIBRARY_PATH": str(root / "usr/local/lib")})
         assert proc.returncode == 0, proc.stderr
-        assert proc.stdout.startswith("arm64 ok: cjson 1.7.19, llhttp 9.4.3, wolfssl 5.9.2"), proc.stdout
+        assert proc.stdout.startswith("arm64 ok: cjson 1.7.19, llhttp 9.4.3"), proc.stdout
