@@ -88,3 +88,26 @@ def test_full_parser_still_has_every_subcommand_option():
     with pytest.raises(SystemExit):
         only_list.parse_args(["sign", "ci", "--keyless"])  # not set up: an unknown option
     assert only_list.parse_args(["list", "--root", "/tmp/r"]).root == "/tmp/r"
+
+
+def test_git_facts_reads_revision_and_origin(tmp_path):
+    """Every build reads these (plain subprocess calls, no sh): HEAD and origin of a checkout, and
+    nothing, without an error, outside one."""
+    from imagefactory.prepare import git_facts
+
+    repo = tmp_path / "repo"
+    (repo / "recipes").mkdir(parents=True)
+    (repo / "recipes" / "r.py").write_text("# recipe\n")
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    git("init", "-q")
+    git("-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-q", "--allow-empty", "-m", "one")
+    assert git_facts(repo / "recipes") == (git("rev-parse", "HEAD"), None)
+    git("remote", "add", "origin", "https://git.example.invalid/recipes.git")
+    assert git_facts(repo / "recipes") == (git("rev-parse", "HEAD"), "https://git.example.invalid/recipes.git")
+    outside = tmp_path / "plain"
+    outside.mkdir()
+    assert git_facts(outside) == (None, None)
