@@ -10,11 +10,12 @@ are built). Measurements (``--only``, comma separated; default both):
                 Each ``--repeat`` times; reported: the median wall time, and the median CPU time
                 (user+sys) of the CLI process plus every process it waited for (buildah), from
                 ``os.wait4``'s rusage - CPU time barely moves with the load other work puts on the
-                machine, wall time does. Also, from one extra run each: the Python import time
-                (``-X importtime``, the sum of the top-level imports, and the heaviest of them) and the
-                buildah calls the no-op makes by verb (bench.py's ``_if-build`` wrapper). A no-op
-                that commits or starts a container is an error. Goals (issue 16): one target
-                <= 0.25 s, all five <= 0.35 s.
+                machine, wall time does. Also: the CPU time of importing what the run imports (the
+                top-level modules ``-X importtime`` lists, imported again in a fresh interpreter), the
+                heaviest of those imports, and the buildah calls the no-op makes by verb (bench.py's
+                ``_if-build`` wrapper). An empty ``python -c pass`` is measured too: the floor of any
+                Python CLI here. A no-op that commits or starts a container is an error. Goals
+                (issue 16): one target <= 0.25 s, all five <= 0.35 s.
   cpu-floor     a cold ``build build --jobs 2`` from the slim Debian base (bootstrapped first in the
                 same fresh store, not measured). The build runs in its own transient cgroup (v2 if
                 mounted, else v1 ``cpuacct``): the cgroup's CPU counter is the user+sys time of the
@@ -27,7 +28,8 @@ are built). Measurements (``--only``, comma separated; default both):
                 far the build is from it (1.0 = every core busy for the build the whole time).
 
 Private stores and the fresh state folders live under ``--workdir`` and are removed at the end.
-Writes ``--results`` (default bench/results/startup.json) and prints a table.
+Writes ``--results`` (default bench/results/startup.json; a measurement run alone replaces only its
+own entry) and prints a table.
 """
 
 from __future__ import annotations
@@ -117,7 +119,9 @@ class Runner:
 
 # --- noop-startup ---------------------------------------------------------------------------------
 def import_profile(runner: Runner, args: list[str]) -> dict:
-    """One run under ``-X importtime``: total of the top-level imports and the heaviest of them (ms)."""
+    """What the run imports: the CPU time of importing the same top-level modules in a fresh
+    interpreter (median of 3; CPU time, as the machine may be busy), and the heaviest of them by
+    ``-X importtime`` (wall time, ms)."""
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "imagefactory", *args], cwd=REPO,
                           env=runner.env, capture_output=True, text=True)
     top = []
@@ -125,9 +129,15 @@ def import_profile(runner: Runner, args: list[str]) -> dict:
         m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)", line)
         if m and len(m.group(3)) == 0:  # nested imports are part of their top-level import's cumulative time
             top.append((m.group(4), int(m.group(2)) / 1000))
+    names = [name for name, _ in top if name not in ("site", "encodings") and not name.startswith("_")]
+    script = ("import importlib, sys, time\nt = time.process_time()\nfor name in sys.argv[1:]:\n"
+              "    try:\n        importlib.import_module(name)\n    except Exception:\n        pass\n"
+              "print(time.process_time() - t)")
+    cpu = [float(subprocess.run([sys.executable, "-c", script, *names], cwd=REPO, env=runner.env,
+                                capture_output=True, text=True).stdout) for _ in range(3)]
     top.sort(key=lambda item: -item[1])
-    return {"import_ms": round(sum(ms for _, ms in top), 1),
-            "heaviest": {name: round(ms, 1) for name, ms in top[:8]}}
+    return {"import_cpu_ms": round(statistics.median(cpu) * 1000, 1),
+            "heaviest_wall_ms": {name: round(ms, 1) for name, ms in top[:8]}}
 
 
 def buildah_calls(runner: Runner, args: list[str]) -> dict:
@@ -144,6 +154,9 @@ def noop_startup(runner: Runner, store: Store, fill: bool, repeat: int) -> dict:
     cases = {"--help": ["--help"], "list": ["list"], "build ci": ["build", "ci", *store.args()],
              "build dev test build ci s4": ["build", *FAMILY, *store.args()]}
     out: dict = {}
+    empty = [runner.run([sys.executable, "-c", "pass"], "python") for _ in range(repeat)]
+    out["python -c pass"] = {"wall_s": round(statistics.median(r["wall"] for r in empty), 3),
+                             "cpu_s": round(statistics.median(r["cpu"] for r in empty), 3)}
     for name, args in cases.items():
         runner.run(runner.cli(args), f"warm-{name.replace(' ', '-')}")  # page cache, digest memo, .pyc
         runs = []
@@ -168,7 +181,7 @@ def noop_startup(runner: Runner, store: Store, fill: bool, repeat: int) -> dict:
             row["goal_s"] = GOALS[name]
         out[name] = row
         log(f"{name}: {row['wall_s']:.3f}s wall, {row['cpu_s']:.3f}s CPU (median of {repeat}), "
-            f"imports {row['import_ms']:.0f} ms")
+            f"imports {row['import_cpu_ms']:.0f} ms CPU")
     return out
 
 
@@ -250,10 +263,13 @@ def cpu_floor(runner: Runner, store: Store, cores: int) -> dict:
 
 # --- report ---------------------------------------------------------------------------------------
 def table(results: dict) -> str:
-    rows = [("measurement", "wall (s)", "user+sys (s)", "imports (ms)", "goal (s)")]
+    rows = [("measurement", "wall (s)", "user+sys (s)", "imports (ms CPU)", "goal (s)")]
     for name, row in results.get("noop-startup", {}).items():
+        if name == "run":
+            continue
+        imports = f"{row['import_cpu_ms']:.0f}" if "import_cpu_ms" in row else ""
         rows.append((f"no-op `{name}`" if name.startswith("build") else f"`{name}`", f"{row['wall_s']:.3f}",
-                     f"{row['cpu_s']:.3f}", f"{row['import_ms']:.0f}", str(row.get("goal_s", ""))))
+                     f"{row['cpu_s']:.3f}", imports, str(row.get("goal_s", ""))))
     floor = results.get("cpu-floor")
     if floor:
         rows.append(("cold `build build --jobs 2`", f"{floor['wall_s']:.1f}", f"{floor['cpu_s']:.1f}", "", ""))
@@ -290,20 +306,22 @@ def main(argv: list[str] | None = None) -> int:
     runner.env.update({"XDG_CACHE_HOME": str(work / "xdg-cache"),  # a fresh state folder (locks, digest memo)
                        "IMAGEFACTORY_SOURCE_CACHE": original.source_cache})  # the verified downloads, reused
     cores = len(os.sched_getaffinity(0))
-    results: dict = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "cores": cores,
-                     "load_at_start": round(os.getloadavg()[0], 2),
-                     "command": "python bench/startup.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    # a measurement run alone replaces its own entry and keeps the others of the results file
+    results: dict = json.loads(a.results.read_text()) if a.results.is_file() else {}
+    run = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "cores": cores,
+           "load_at_start": round(os.getloadavg()[0], 2),
+           "command": "python bench/startup.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     stores: list[Store] = []
     try:
         if "noop-startup" in wanted:
             store = Store(a.store) if a.store else Store(work / "noop-store")
             if not a.store:
                 stores.append(store)
-            results["noop-startup"] = noop_startup(runner, store, fill=not a.store, repeat=a.repeat)
+            results["noop-startup"] = {"run": run, **noop_startup(runner, store, fill=not a.store, repeat=a.repeat)}
         if "cpu-floor" in wanted:
             store = Store(work / "cold-store")
             stores.append(store)
-            results["cpu-floor"] = cpu_floor(runner, store, cores)
+            results["cpu-floor"] = {"run": run, **cpu_floor(runner, store, cores)}
     finally:
         for store in stores:
             store.destroy()
