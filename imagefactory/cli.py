@@ -25,8 +25,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class LazyConsole:
-    """A rich Console made on first use, so `--help` and `list` do not pay for importing rich
-    (and buildah, yaml, ...) at start-up; every attribute is the real console's."""
+    """A rich Console made on first use: registering the commands (every start, `--help` too)
+    does not import rich. Every attribute is the real console's."""
 
     def __init__(self, stderr: bool = False):
         self._stderr = stderr
