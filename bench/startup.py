@@ -280,6 +280,20 @@ def table(results: dict) -> str:
                      for r in rows)
 
 
+def _shown(argv: list[str]) -> str:
+    """The command line for the committed report, without this machine's folders."""
+    flags = ("--store", "--workdir", "--results")
+    out: list[str] = []
+    for word in argv:
+        flag = word.split("=", 1)[0]
+        if out and out[-1] in flags:
+            word = "<dir>"
+        elif flag in flags and "=" in word:
+            word = f"{flag}=<dir>"
+        out.append(word)
+    return " ".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", default=",".join(MEASUREMENTS), help=f"comma-separated: {', '.join(MEASUREMENTS)}")
@@ -310,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = json.loads(a.results.read_text()) if a.results.is_file() else {}
     run = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "cores": cores,
            "load_at_start": round(os.getloadavg()[0], 2),
-           "command": "python bench/startup.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+           "command": "python bench/startup.py " + _shown(argv if argv is not None else sys.argv[1:])}
     stores: list[Store] = []
     try:
         if "noop-startup" in wanted:
