@@ -27,6 +27,9 @@ Measurements (``--only``, comma separated; default: all):
                ``build`` with ``--cache-to`` (imagefactory; ``buildah bud --layers --cache-to`` on the
                Containerfile), compared with the cold build without it, then a fresh store holding
                only the base building from the registry (``--cache-from``), both tools
+  noop-startup, cpu-floor  imagefactory only, by themselves (bench/startup.py, its own stores and
+               bench/results/startup.json): the CLI's wall and CPU time with nothing to build (one
+               target, all five, --help, list), and the CPU floor of a cold ``build --jobs 2``
 
 Everything runs in a temporary copy of the repository and in private storage roots under
 ``--workdir`` (default: the system temporary folder, e.g. set TMPDIR); all of it is removed at
@@ -57,6 +60,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 MEASUREMENTS = ("cold-build", "noop", "patch", "flag", "quick-validate", "family-noop", "family-cold",
                 "registry-cache")
+STARTUP = ("noop-startup", "cpu-floor")  # bench/startup.py: own stores, own report
 ALIASES = {"family": ("family-noop", "family-cold"), "all": MEASUREMENTS, "sizes": ("cold-build",)}
 SLIM = "imagefactory-base-debian-slim"
 SLIM_REF = f"localhost/{SLIM}:latest"
@@ -665,7 +669,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="benchmark imagefactory against the equivalent Containerfile")
     p.add_argument("--only", default="all",
                    help=f"comma-separated measurements: {', '.join(MEASUREMENTS)}, family, all (default); "
-                        "or `scale` alone (bench/scale.py)")
+                        "or `scale` alone (bench/scale.py), or `noop-startup`/`cpu-floor` alone (bench/startup.py)")
     p.add_argument("--target", default="build", help="the image compared with its Containerfile (default build)")
     p.add_argument("--repeat", type=int, default=3, help="no-op rebuilds per tool (median reported)")
     p.add_argument("--cold-first", choices=TOOLS, default="imagefactory",
@@ -688,6 +692,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.only == "scale":  # the engine's growth with deep families: its own script (bench/scale.py)
         scale = _load_module(HERE / "scale.py")
         return scale.main(["--workdir", args.workdir or "/var/tmp"])
+    if set(args.only.split(",")) <= set(STARTUP):  # start-up and the CPU floor (bench/startup.py)
+        startup = _load_module(HERE / "startup.py")
+        return startup.main(["--only", args.only, *(["--workdir", args.workdir] if args.workdir else [])])
     wanted: list[str] = []
     for item in (x.strip() for x in args.only.split(",") if x.strip()):
         for name in ALIASES.get(item, (item,)):

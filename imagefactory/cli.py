@@ -13,26 +13,48 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
-
-from . import config as config_mod
 from . import rootless
-from .buildah import Buildah, BuildahError, Cancelled
-from .cache_registry import RegistryCacheError
-from .config import ConfigError, Settings
-from .recipe import RecipeError
-from .loader import load_recipes
-from .platforms import PLATFORMS
 
-# CI logs are not terminals: give tables room instead of rich's 80-column default.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.console import Console
 
-Handler = Callable[[argparse.Namespace, Settings], int]
+    from .buildah import Buildah
+    from .config import Settings
+
+
+class LazyConsole:
+    """A rich Console made on first use: registering the commands (every start, `--help` too)
+    does not import rich. Every attribute is the real console's."""
+
+    def __init__(self, stderr: bool = False):
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def real(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            stream = sys.stderr if self._stderr else sys.stdout
+            # CI logs are not terminals: give tables room instead of rich's 80-column default.
+            self._console = Console(stderr=self._stderr, width=None if stream.isatty() else 160)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real(), name)
+
+    def __enter__(self) -> Console:  # rich's Live uses `with console:`
+        return self.real().__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self.real().__exit__(*exc)
+
+
+console = LazyConsole()
+err_console = LazyConsole(stderr=True)
+
+Handler = Callable[[argparse.Namespace, "Settings"], int]
 _COMMANDS: dict[str, tuple[Handler, Callable[[argparse.ArgumentParser], None], str]] = {}
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -52,6 +74,8 @@ def command(name: str, help: str, args: Callable[[argparse.ArgumentParser], None
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    from .platforms import PLATFORMS
+
     g = p.add_argument_group("storage and settings")
     g.add_argument("--root", help="buildah storage root (private stores for tests/CI)")
     g.add_argument("--runroot", help="buildah run root matching --root")
@@ -85,12 +109,17 @@ def _registry_cache(p: argparse.ArgumentParser) -> None:
                    type=lambda text: text.lower(), help="verify the registry's TLS certificate (default true)")
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser; given the command line, only the subcommand it names gets its options
+    (the others are listed for --help but cost nothing, and `--help` alone loads no platform)."""
     _load_command_modules()
+    chosen = None if argv is None else next((word for word in argv if not word.startswith("-")), "")
     p = argparse.ArgumentParser(prog="imagefactory", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_fn, add_args, help_text) in sorted(_COMMANDS.items()):
         sp = sub.add_parser(name, help=help_text, description=help_text)
+        if chosen not in (None, name):
+            continue
         add_args(sp)
         if name in REGISTRY_CACHE_COMMANDS:
             _registry_cache(sp)
@@ -99,6 +128,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
+    from . import config as config_mod
+    from .config import ConfigError
+    from .platforms import PLATFORMS
+
     overrides = {k: getattr(args, k, None) for k in
                  ("root", "runroot", "storage_driver", "isolation", "platform", "arches", "jobs", "cache_from", "cache_to",
                   "cache_required", "authfile", "tls_verify")}
@@ -117,11 +150,13 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     rootless.follow_outer_process()
-    p = parser()
+    p = parser(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     if not args.command:
         p.print_help()
         return EXIT_USAGE
+    from .loader import load_recipes
+
     handler = _COMMANDS[args.command][0]
     started = time.monotonic()
     try:
@@ -131,20 +166,10 @@ def main(argv: list[str] | None = None) -> int:
             rootless.reexec_in_userns(settings.storage.global_args(), sys.argv[1:] if argv is None else argv)
         load_recipes(settings.recipe_paths)
         code = handler(args, settings)
-    except (ConfigError, RecipeError, rootless.RootlessError) as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        code = EXIT_USAGE
-    except (KeyboardInterrupt, Cancelled):
-        err_console.print("[yellow]interrupted; working containers removed[/]")
-        code = EXIT_INTERRUPTED
-    except RegistryCacheError as exc:
-        err_console.print(f"[bold red]registry cache:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        code = EXIT_FAIL
-    except BuildahError as exc:
-        err_console.print(f"[bold red]buildah failed[/] (exit {exc.exit_code}): {' '.join(exc.command)}",
-                          highlight=False)
-        err_console.print(exc.stderr_tail, highlight=False, markup=False)
-        code = EXIT_FAIL
+    except (KeyboardInterrupt, ValueError, RuntimeError) as exc:
+        code = _explain_failure(exc)
+        if code is None:
+            raise
     report = getattr(args, "_report_data", None)
     if args.report:
         data = {"command": args.command, "exit_code": code, "seconds": round(time.monotonic() - started, 3)}
@@ -154,6 +179,33 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def _explain_failure(exc: BaseException) -> int | None:
+    """Print a failure the user can act on in one line and give its exit code; None for a bug
+    (the caller re-raises it). The error classes are imported here, not at start-up."""
+    from rich.markup import escape
+
+    from .buildah import BuildahError, Cancelled
+    from .cache_registry import RegistryCacheError
+    from .config import ConfigError
+    from .recipe import RecipeError
+
+    if isinstance(exc, (ConfigError, RecipeError, rootless.RootlessError)):
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return EXIT_USAGE
+    if isinstance(exc, (KeyboardInterrupt, Cancelled)):
+        err_console.print("[yellow]interrupted; working containers removed[/]")
+        return EXIT_INTERRUPTED
+    if isinstance(exc, RegistryCacheError):
+        err_console.print(f"[bold red]registry cache:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        return EXIT_FAIL
+    if isinstance(exc, BuildahError):
+        err_console.print(f"[bold red]buildah failed[/] (exit {exc.exit_code}): {' '.join(exc.command)}",
+                          highlight=False)
+        err_console.print(exc.stderr_tail, highlight=False, markup=False)
+        return EXIT_FAIL
+    return None
+
+
 def _load_command_modules() -> None:
     """Import the modules that register their own subcommands."""
     from . import commands  # noqa: F401
@@ -161,12 +213,16 @@ def _load_command_modules() -> None:
 
 # -- shared helpers for command modules ---------------------------------------
 def buildah_for(settings: Settings) -> Buildah:
+    from .buildah import Buildah
     from .retry import RetryPolicy
 
     return Buildah(settings.storage, retry=RetryPolicy.from_settings(settings))
 
 
 def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title=title)
     for c in columns:
         table.add_column(c)

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
-
 if TYPE_CHECKING:  # pragma: no cover
+    from tenacity import Retrying
+
     from .config import Settings
 
 
@@ -29,6 +29,8 @@ class RetryPolicy:
 
     def retrying(self, transient: Callable[[BaseException], bool]) -> Retrying:
         """A tenacity loop: retry while ``transient(error)``, then re-raise the last error."""
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential  # only when used
+
         return Retrying(stop=stop_after_attempt(max(1, self.attempts)),
                         wait=wait_exponential(multiplier=self.initial, max=self.maximum),
                         retry=retry_if_exception(transient), reraise=True)

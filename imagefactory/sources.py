@@ -32,13 +32,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.client
 import json
 import os
 import tempfile
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -266,6 +263,10 @@ class Sources:
         return retrying(self._store, lambda out: self._http_get(url, out), pin, c, url)
 
     def _http_get(self, url: str, out) -> None:
+        import http.client  # the HTTP client only when a download needs it, not at every start-up
+        import urllib.error
+        import urllib.request
+
         req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
         try:
             with urllib.request.urlopen(req, timeout=self.retry.timeout) as resp:
@@ -386,6 +387,8 @@ class _HashingWriter:
 
 
 def _copy_stream(src, out: _HashingWriter, expected: int | None) -> None:
+    import http.client
+
     with src:
         got = 0
         read = getattr(src, "read1", src.read)  # what has arrived, not a blocking full chunk

@@ -21,10 +21,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from .buildah import Mount
-
 if TYPE_CHECKING:  # pragma: no cover
-    from .buildah import Container
+    from .buildah import Container, Mount
     from .config import Settings
 
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from rich.console import Console, Group
-from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from .execute import BuildFailed, BuildReport, ImageResult, NullReporter, StepRecord
 from .plan import Node, Plan
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.live import Live
 
 
 def human_size(n: int) -> str:
@@ -38,6 +41,8 @@ class RichReporter(NullReporter):
         names = ", ".join(n.name for n in plan.nodes)
         self.console.print(f"[bold]imagefactory[/] building {len(plan.nodes)} image(s): {names}")
         if self.console.is_terminal:
+            from rich.live import Live  # a terminal only: CI logs get plain lines
+
             self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=True)
             self._live.start()
 

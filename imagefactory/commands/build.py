@@ -7,21 +7,14 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..buildah import BuildahError
-from ..cache_registry import RegistryCache, RegistryProvider
 from ..cli import EXIT_FAIL, EXIT_OK, buildah_for, command, console, err_console, print_table
-from ..config import Settings
-from ..execute import BuildFailed, Executor
-from ..locks import store_lock
-from ..multiarch import is_multiarch, make_manifest_lists
-from .. import emulation, rootless
-from ..plan import build_plan
-from ..platforms import host_debian_mirror
-from ..recipe import CATALOGUE
-from ..ui import RichReporter, human_size
-from ..describe import describe_plan
-from ..walk import CACHE_REPO, cache_ref
+from .. import rootless
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..cache_registry import RegistryCache
+    from ..config import Settings
 
 
 def _targets(p: argparse.ArgumentParser) -> None:
@@ -32,6 +25,7 @@ def _targets(p: argparse.ArgumentParser) -> None:
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     from ..plan import resolve_parent
     from ..platforms import get_platform
+    from ..recipe import CATALOGUE
 
     platform = get_platform(settings.platform)
     rows = []
@@ -58,6 +52,9 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
 
 @command("plan", "print every step, its cache status and the buildah calls, without building", _plan_args)
 def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
+    from ..cache_registry import RegistryProvider
+    from ..describe import describe_plan
+
     cache = None if settings.no_cache or args.offline else registry_cache(settings, lambda m: err_console.print(
         f"[yellow]warning:[/] {m}", highlight=False, markup=False, soft_wrap=True))
     # lookups only: `plan` shows which steps would come from the registry
@@ -120,6 +117,11 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_build(targets: list[str], settings: Settings, verbose: bool = False) -> tuple[dict, int]:
+    from ..cache_registry import RegistryProvider
+    from ..execute import BuildFailed, Executor
+    from ..plan import build_plan
+    from ..ui import RichReporter
+
     warnings: list[str] = []
     # checked before planning: a cache reference that is not a repository fails at once
     cache = registry_cache(settings, lambda m: (warnings.append(m), reporter.note(f"warning: {m}")))
@@ -146,6 +148,8 @@ def run_build(targets: list[str], settings: Settings, verbose: bool = False) -> 
         reporter.close()
     data = result.to_dict()
     data.update(_cache_report(cache, warnings))
+    from ..multiarch import is_multiarch, make_manifest_lists
+
     if result.ok and is_multiarch(settings.build_arches):
         data["manifest_lists"] = make_manifest_lists(bd, plan.targets, settings.build_arches)
         for made in data["manifest_lists"]:
@@ -156,6 +160,8 @@ def run_build(targets: list[str], settings: Settings, verbose: bool = False) -> 
 
 def registry_cache(settings: Settings, warn=None) -> RegistryCache | None:
     """The registry step cache the settings ask for (--cache-from/--cache-to), or None."""
+    from ..cache_registry import RegistryCache
+
     return RegistryCache.from_settings(settings, warn=warn)
 
 
@@ -167,6 +173,10 @@ def _cache_report(cache: RegistryCache | None, warnings: list[str]) -> dict:
 
 @command("images", "images this tool built: ID, size, age")
 def cmd_images(args: argparse.Namespace, settings: Settings) -> int:
+    from ..recipe import CATALOGUE
+    from ..ui import human_size
+    from ..walk import CACHE_REPO
+
     bd = buildah_for(settings)
     records = {r.id: r for r in bd.images()}
     index = {n: r.id for r in records.values() for n in r.names}
@@ -209,6 +219,9 @@ def _clean_args(p: argparse.ArgumentParser) -> None:
 @command("clean", "remove working containers and unfinished commits of dead runs, and dangling images",
          _clean_args)
 def cmd_clean(args: argparse.Namespace, settings: Settings) -> int:
+    from ..buildah import BuildahError
+    from ..locks import store_lock
+
     bd = buildah_for(settings)
     with store_lock(settings, "clean"):
         if args.dry_run:
@@ -247,6 +260,11 @@ def _cache_args(p: argparse.ArgumentParser) -> None:
 
 @command("cache", "list or prune step-cache entries", _cache_args)
 def cmd_cache(args: argparse.Namespace, settings: Settings) -> int:
+    from ..describe import describe_plan
+    from ..locks import store_lock
+    from ..recipe import CATALOGUE
+    from ..walk import CACHE_REPO, cache_ref
+
     if getattr(args, "registry", None):
         return _prune_registry(args, settings)
     bd = buildah_for(settings)
@@ -271,6 +289,10 @@ def cmd_cache(args: argparse.Namespace, settings: Settings) -> int:
 def _prune_registry(args: argparse.Namespace, settings: Settings) -> int:
     """Delete the registry entries no current recipe of the kept targets reaches (walked through
     that registry: a key is only known while the entries before it are there)."""
+    from ..cache_registry import RegistryCache
+    from ..describe import describe_plan
+    from ..recipe import CATALOGUE
+
     if args.action != "prune":
         err_console.print("error: `cache list --registry` is not supported; use `skopeo list-tags`", highlight=False)
         return EXIT_FAIL
@@ -294,6 +316,8 @@ def _prune_registry(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _untag_and_drop(bd, doomed: list[str]) -> None:
+    from ..buildah import BuildahError
+
     for name in doomed:
         try:
             bd.untag(name)
@@ -317,12 +341,17 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     rows = [["✓" if ok else "✗", name, detail, "" if ok else fix] for name, ok, detail, fix in checks]
     print_table("doctor", ["", "check", "found", "how to fix"], rows)
     args._report_data = {"checks": [dict(zip(("name", "ok", "detail", "fix"), c)) for c in checks]}
+    from .. import emulation
+
     required = {"buildah", "storage", "isolation", "debian mirror"} | emulation.required_rows(settings.build_arches)
     return EXIT_OK if all(ok for name, ok, _, _ in checks
                           if name in required or name.startswith("rootless ")) else EXIT_FAIL
 
 
 def doctor_checks(settings: Settings, image: str | None = None) -> list[tuple[str, bool, str, str]]:
+    from ..buildah import BuildahError
+    from ..platforms import host_debian_mirror
+
     out: list[tuple[str, bool, str, str]] = []
     bd = buildah_for(settings)
     have = shutil.which("buildah")
@@ -361,12 +390,16 @@ def doctor_checks(settings: Settings, image: str | None = None) -> list[tuple[st
     cache = Path(settings.source_cache)
     out.append(("source cache", True, f"{cache} ({len(list(cache.glob('*')))} files)" if cache.is_dir()
                 else f"{cache} (empty)", ""))
+    from .. import emulation
+
     out.extend(emulation.doctor_rows(settings.build_arches))
     return out
 
 
 def _isolation_check(bd, settings: Settings, image: str | None) -> tuple[str, bool, str, str]:
     """Run `true` in an image of this store with the configured isolation (the Debian base if built)."""
+    from ..buildah import BuildahError
+
     fix = ("use --isolation chroot (works without cgroups); for oci install runc "
            "(crun fails with cgroups hybrid mode)")
     if image is None:

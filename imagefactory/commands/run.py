@@ -6,11 +6,12 @@ import argparse
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .. import podman, quadlet
 from ..cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE, buildah_for, command, console, err_console, settings_from
-from ..config import Settings
-from ..recipe import CATALOGUE
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import Settings
 
 DEFAULT_QUADLET_OUT = "quadlet"
 
@@ -64,6 +65,9 @@ def _split_remainder(args: argparse.Namespace, settings: Settings) -> Settings:
 
 def _start(args: argparse.Namespace, settings: Settings, command_words: list[str], interactive: bool,
            entrypoint: str | None = None) -> int:
+    from .. import podman
+    from ..recipe import CATALOGUE
+
     recipe = CATALOGUE.get(args.target)
     extra = {}
     for item in args.env or []:
@@ -117,6 +121,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _quadlet_args(p: argparse.ArgumentParser) -> None:
+    from .. import quadlet
+
     p.add_argument("targets", nargs="+", metavar="TARGET", help="targets to write units for")
     p.add_argument("--out", metavar="DIR", help="write the unit files here (default: print them)")
     p.add_argument("--project", metavar="DIR", help="project folder for dev-shell units (default: current folder)")
@@ -132,6 +138,9 @@ def _quadlet_args(p: argparse.ArgumentParser) -> None:
 @command("quadlet", "Podman Quadlet units (.container, .network, .volume) from the recipes' runtime settings",
          _quadlet_args)
 def cmd_quadlet(args: argparse.Namespace, settings: Settings) -> int:
+    from .. import quadlet
+    from ..recipe import CATALOGUE
+
     try:
         units = quadlet.merge([u for t in args.targets
                                for u in quadlet.render_all(CATALOGUE.get(t), settings, project=args.project,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from ..cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE, command, console, err_console, print_table
-from ..config import Settings
-from ..sources import TREE_DIGEST_VERSION, SourceError, Sources, known_pins, tree_digest
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import Settings
 
 
 def _args(p: argparse.ArgumentParser) -> None:
@@ -19,6 +21,8 @@ def _args(p: argparse.ArgumentParser) -> None:
 
 
 def _digest(args: argparse.Namespace) -> int:
+    from ..sources import TREE_DIGEST_VERSION, SourceError, tree_digest
+
     if len(args.names) != 2:
         err_console.print("usage: imagefactory sources digest ARCHIVE TREE_ROOT/  (e.g. zstd-1.5.7.tar.gz zstd-1.5.7/)")
         return EXIT_USAGE
@@ -37,6 +41,8 @@ def _digest(args: argparse.Namespace) -> int:
 def cmd_sources(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "digest":
         return _digest(args)
+    from ..sources import SourceError, Sources, known_pins
+
     sources = Sources.from_settings(settings, log=lambda msg: err_console.print(msg, highlight=False))
     pins = known_pins()
     if args.action == "list":

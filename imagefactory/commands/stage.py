@@ -16,15 +16,12 @@ import argparse
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.markup import escape
-
-from ..buildah import BuildahError
-from ..cache_registry import NotInRegistry, RegistryCacheError, RegistryUnavailable, Skopeo
 from ..cli import EXIT_FAIL, EXIT_OK, buildah_for, command, console, err_console
-from ..config import Settings
-from ..recipe import CATALOGUE
-from ..registry import new_record, normalize_registry, record_push, remote_ref
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import Settings
 
 
 class StageError(RuntimeError):
@@ -69,6 +66,11 @@ def _repository(ref: str) -> str:
 @command("fetch", "pull the staged digests of targets (from a push report) into this store as the targets' images",
          _args)
 def cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
+    from rich.markup import escape
+
+    from ..buildah import BuildahError
+    from ..recipe import CATALOGUE
+
     bd = buildah_for(settings)
     done: list[dict] = []
     args._report_data = {"fetched": done}
@@ -97,6 +99,12 @@ def cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
 @command("promote", "copy staged digests (from a push report) to the release registry unchanged and record them",
          _promote_args)
 def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
+    from rich.markup import escape
+
+    from ..cache_registry import NotInRegistry, RegistryCacheError, RegistryUnavailable, Skopeo
+    from ..recipe import CATALOGUE
+    from ..registry import new_record, normalize_registry, record_push, remote_ref
+
     registry = normalize_registry(args.registry, settings)
     skopeo = Skopeo(authfile=settings.authfile, tls_verify=settings.tls_verify, timeout=600)
     done: list[dict] = []

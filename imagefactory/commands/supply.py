@@ -13,23 +13,18 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.markup import escape
-
-from ..buildah import Buildah
 from ..cli import EXIT_FAIL, EXIT_OK, buildah_for, command, console, err_console, print_table
-from ..config import Settings
-from ..layerdiff import describe as describe_layer_diff
-from ..arches import get_arch
-from ..multiarch import is_multiarch
-from ..plan import resolve_graph
-from ..recipe import CATALOGUE, Recipe, RecipeError
-from ..facts import SupplyError, _labels, _lookup_external, image_facts  # noqa: F401  (re-exported)
-from ..registry import (PushRecord, find_pushed, is_loopback, new_record, normalize_registry, record_push,
-                        remote_ref)
-from ..sign import (ATTESTATION_TYPES, PROVENANCE_TYPE, Cosign, SigningError, resolve_public_key, resolve_signing_key,
-                    signed_digests)
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ..buildah import Buildah
+    from ..config import Settings
+    from ..recipe import Recipe
+    from ..registry import PushRecord
+
+# What each command needs is imported in its function: registering the commands stays cheap
+# (`--help` imports neither rich nor buildah's dependencies).
 SBOM_INDEX = "sboms.json"
 
 
@@ -58,6 +53,8 @@ def build_stages(settings: Settings, cls: type[Recipe], arch: str | None = None)
 
 def stage_images(settings: Settings, cls: type[Recipe], arch: str | None = None) -> list[tuple[type[Recipe], str]]:
     """:func:`build_stages` with the local name of each stage's image for the ``arch`` instance."""
+    from ..plan import resolve_graph
+
     plan = resolve_graph([cls], settings)
     out: list[tuple[type[Recipe], str]] = []
     node = plan.node(cls, arch)
@@ -77,6 +74,9 @@ def sbom_for_target(settings: Settings, target: str | type[Recipe], out_dir: Pat
     ``arch``: that architecture's instance; a foreign one's SBOMs go to ``OUT/ARCH/``."""
     from contextlib import ExitStack
 
+    from ..arches import get_arch
+    from ..facts import image_facts
+    from ..recipe import CATALOGUE
     from ..sbom import write_sboms
 
     bd = bd or buildah_for(settings)
@@ -139,6 +139,8 @@ def write_sboms_for_results(settings: Settings, report) -> dict[str, dict]:
     """
     if not settings.sbom_dir:
         return {}
+    from ..recipe import CATALOGUE, RecipeError
+
     data = report.to_dict() if hasattr(report, "to_dict") else dict(report or {})
     bd = buildah_for(settings)
     out: dict[str, dict] = {}
@@ -172,6 +174,11 @@ def _sbom_args(p: argparse.ArgumentParser) -> None:
 
 @command("sbom", "write SPDX 2.3 and CycloneDX 1.6 SBOMs of built images", _sbom_args)
 def cmd_sbom(args: argparse.Namespace, settings: Settings) -> int:
+    from rich.markup import escape
+
+    from ..facts import SupplyError
+    from ..registry import normalize_registry
+
     out = Path(args.out) if args.out else None
     registry = normalize_registry(args.registry) if args.registry else None
     bd = buildah_for(settings)
@@ -202,7 +209,9 @@ def _provenance_args(p: argparse.ArgumentParser) -> None:
 @command("provenance", "write the SLSA v1 provenance (in-toto Statement) of built images, unsigned",
          _provenance_args)
 def cmd_provenance(args: argparse.Namespace, settings: Settings) -> int:
+    from ..facts import SupplyError
     from ..provenance import ProvenanceError, write_provenance
+    from ..registry import normalize_registry
 
     registry = normalize_registry(args.registry) if args.registry else None
     bd = buildah_for(settings)
@@ -240,12 +249,19 @@ def _registry_args(p: argparse.ArgumentParser) -> None:
 
 
 def _tls_verify(args: argparse.Namespace, registry: str) -> bool:
+    from ..registry import is_loopback
+
     return args.tls_verify if args.tls_verify is not None else not is_loopback(registry)
 
 
 def push_target(settings: Settings, target: str, registry: str, *, tls_verify: bool = True,
                 bd: Buildah | None = None) -> PushRecord:
     """Push a built target to ``CATALOGUE/NAME:TAG`` and record the digest the registry serves."""
+    from ..facts import SupplyError
+    from ..multiarch import is_multiarch
+    from ..recipe import CATALOGUE
+    from ..registry import new_record, record_push, remote_ref
+
     bd = bd or buildah_for(settings)
     cls = CATALOGUE.get(target)
     dest = remote_ref(registry, cls.name, cls.version)
@@ -273,6 +289,11 @@ def push_target(settings: Settings, target: str, registry: str, *, tls_verify: b
 
 @command("push", "push built images to a registry and record their digests", _registry_args)
 def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
+    from rich.markup import escape
+
+    from ..facts import SupplyError
+    from ..registry import normalize_registry
+
     registry = normalize_registry(args.registry, settings)
     tls = _tls_verify(args, registry)
     bd = buildah_for(settings)
@@ -312,6 +333,8 @@ def _sign_args(p: argparse.ArgumentParser) -> None:
 
 
 def _print_error(message: str, hint: str = "", detail: str = "") -> None:
+    from rich.markup import escape
+
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     if detail:
         err_console.print(f"  cosign: {detail}", highlight=False, markup=False, soft_wrap=True)
@@ -320,6 +343,10 @@ def _print_error(message: str, hint: str = "", detail: str = "") -> None:
 
 
 def _pushed_for(settings: Settings, cls: type[Recipe], registry: str, bd: Buildah) -> PushRecord:
+    from ..facts import SupplyError
+    from ..multiarch import is_multiarch
+    from ..registry import find_pushed, remote_ref
+
     ref = remote_ref(registry, cls.name, cls.version)
     rec = find_pushed(settings, ref=ref)
     if rec is None:
@@ -337,7 +364,12 @@ def _pushed_for(settings: Settings, cls: type[Recipe], registry: str, bd: Builda
 @command("sign", "cosign-sign pushed images by digest and attest their SBOMs (SPDX + CycloneDX) and SLSA provenance",
          _sign_args)
 def cmd_sign(args: argparse.Namespace, settings: Settings) -> int:
+    from ..facts import SupplyError
+    from ..multiarch import is_multiarch
     from ..provenance import ProvenanceError
+    from ..recipe import CATALOGUE
+    from ..registry import normalize_registry
+    from ..sign import ATTESTATION_TYPES, PROVENANCE_TYPE, Cosign, SigningError, resolve_signing_key
 
     registry = normalize_registry(args.registry, settings)
     tlog = args.tlog_upload if args.tlog_upload is not None else bool(args.keyless)
@@ -435,6 +467,12 @@ def _verify_args(p: argparse.ArgumentParser) -> None:
 @command("verify-signature", "verify cosign signatures, SBOM and provenance attestations (and policies) of pushed "
          "images", _verify_args)
 def cmd_verify_signature(args: argparse.Namespace, settings: Settings) -> int:
+    from rich.markup import escape
+
+    from ..recipe import CATALOGUE
+    from ..registry import find_pushed, normalize_registry, remote_ref
+    from ..sign import ATTESTATION_TYPES, PROVENANCE_TYPE, Cosign, SigningError, resolve_public_key, signed_digests
+
     registry = normalize_registry(args.registry, settings)
     results: list[dict] = []
     args._report_data = {"verified": results}
@@ -537,6 +575,10 @@ def cmd_reproduce(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def print_reproduce_report(report: dict) -> None:
+    from rich.markup import escape
+
+    from ..layerdiff import describe as describe_layer_diff
+
     rows = []
     for img in report["images"]:
         rows.append([img["name"], "image", "same" if img["same"] else "DIFFERS",
@@ -564,4 +606,4 @@ def print_reproduce_report(report: dict) -> None:
                     console.print(f"    {escape(line)}", highlight=False, soft_wrap=True)
 
 
-__all__ = ["SupplyError", "image_facts", "push_target", "sbom_for_target", "write_sboms_for_results"]
+__all__ = ["push_target", "sbom_for_target", "write_sboms_for_results"]

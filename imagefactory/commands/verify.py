@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from ..buildah import BuildahError
 from ..cli import EXIT_FAIL, EXIT_OK, buildah_for, command, console, err_console
-from ..config import Settings
-from ..recipe import CATALOGUE, Recipe, RecipeError
-from ..verify import PROFILES, check_size, print_report, verify_tree
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import Settings
+    from ..recipe import Recipe
 
 
 def _args(p: argparse.ArgumentParser) -> None:
+    from ..verify import PROFILES
+
     p.add_argument("image", metavar="IMAGE_OR_TARGET", help="a target name (see `list`) or an image reference/ID")
     p.add_argument("--profile", choices=PROFILES,
                    help="check every file against this profile (default: per file from the build manifest)")
@@ -22,6 +25,8 @@ def _args(p: argparse.ArgumentParser) -> None:
 
 def resolve_image(name: str) -> tuple[str, type[Recipe] | None]:
     """A known target or recipe name maps to its image ref; anything else is taken as an image reference."""
+    from ..recipe import CATALOGUE, RecipeError
+
     try:
         recipe = CATALOGUE.get(name)
     except RecipeError:
@@ -41,6 +46,9 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
 
 def _verify_one(args: argparse.Namespace, settings: Settings, ref: str, recipe: type[Recipe] | None,
                 arch: str | None) -> dict:
+    from ..buildah import BuildahError
+    from ..verify import check_size, print_report, verify_tree
+
     bd = buildah_for(settings)
     try:
         with bd.mounted_image(ref) as root:
