@@ -482,7 +482,9 @@ class Bench:
 
 
 # --- timing buildah bud ---------------------------------------------------------------------
-_STEP = re.compile(r"^STEP (\d+)/(\d+): (.*)$")
+# "[2/9] STEP 1/3: ..." in a multi-stage build; with --jobs the stages' lines interleave and the
+# "-->" lines name no stage, so per-instruction times are then approximate (totals are exact)
+_STEP = re.compile(r"^(?:\[(\d+)/\d+\] )?STEP (\d+)/(\d+): (.*)$")
 
 
 def run_timed(cmd: list[str], logfile: Path, env: dict) -> dict:
@@ -504,8 +506,8 @@ def run_timed(cmd: list[str], logfile: Path, env: dict) -> dict:
     for i, (t, text) in enumerate(lines):
         mt = _STEP.match(text)
         if mt:
-            steps.append({"index": int(mt.group(1)), "instruction": mt.group(3)[:100], "start": t, "cached": False,
-                          "commit_seconds": None, "_last": t})
+            steps.append({"stage": int(mt.group(1) or 1), "index": int(mt.group(2)), "instruction": mt.group(4)[:100],
+                          "start": t, "cached": False, "commit_seconds": None, "_last": t})
         elif steps:
             st = steps[-1]
             if text.startswith("--> Using cache"):
@@ -518,7 +520,8 @@ def run_timed(cmd: list[str], logfile: Path, env: dict) -> dict:
         end = steps[i + 1]["start"] if i + 1 < len(steps) else seconds
         st["seconds"] = round(end - st.pop("start"), 2)
         st.pop("_last")
-    return {"seconds": round(seconds, 2), "instructions": len(steps), "cache_hits": sum(s["cached"] for s in steps),
+    cache_hits = sum(1 for _, text in lines if text.startswith("--> Using cache"))
+    return {"seconds": round(seconds, 2), "instructions": len(steps), "cache_hits": cache_hits,
             "layers_committed": sum(1 for s in steps if s["commit_seconds"] is not None), "steps": steps,
             "returncode": proc.returncode, "tail": "\n".join(t for _, t in lines[-40:])}
 
