@@ -176,9 +176,14 @@ class Bench:
 
     # -- setup / teardown -------------------------------------------------------------
     def prepare(self) -> None:
+        """A copy of the working tree with its own one-commit git history: the revision label (and so
+        every key and bud's cache) stays put even when the checkout gets new commits during the run."""
         log(f"copying the repository into a temporary folder ({self.work.name})")
         shutil.copytree(REPO, self.copy, symlinks=True, ignore=shutil.ignore_patterns(
-            "__pycache__", "node_modules", "results", "*.egg-info", ".pytest_cache", ".ruff_cache"))
+            ".git", "__pycache__", "node_modules", "results", "*.egg-info", ".pytest_cache", ".ruff_cache"))
+        git = ["git", "-C", str(self.copy), "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
+        for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "imagefactory bench snapshot"]):
+            subprocess.run([*git, *args], check=True, capture_output=True)
 
     def store(self, name: str) -> Store:
         s = Store(name, self.work / "stores" / f"{name}-{uuid.uuid4().hex[:6]}")
