@@ -33,7 +33,8 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     for cls in CATALOGUE.targets():
         parent = resolve_parent(cls, platform)
         pname = parent.name if isinstance(parent, type) else (parent or "scratch")
-        stages = ", ".join(f"{k}={v.name}" for k, v in (cls.stages or {}).items())
+        names = list((cls.stages or {}).keys())  # the table names them; --report has each stage's image
+        stages = ", ".join(names) if len(names) <= 3 else f"{len(names)}: {', '.join(names[:2])}, …"
         rows.append([cls.target_name(), cls.name, pname, stages, cls.description()])
         data.append({"target": cls.target_name(), "image": cls.name, "parent": pname,
                      "stages": {k: v.name for k, v in (cls.stages or {}).items()},
