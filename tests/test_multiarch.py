@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import pytest
 
-from conftest import require_tool
+from conftest import new_store, require_tool
 from imagefactory import config
 from imagefactory.arches import ArchError, get_arch, host_arch, parse_arches
 from imagefactory.describe import walk_plan
@@ -169,7 +169,8 @@ def test_build_push_and_sign_a_manifest_list(store, tmp_path):
     subprocess.run(["cosign", "generate-key-pair"], cwd=keys, env=cosign_env, check=True, capture_output=True,
                    timeout=60)
     with local_registry(tmp_path) as reg:
-        pushed = store.cli("push", "files", "--arch", arches, "--registry", f"{reg.host}/ma", env=env)
+        pushed = store.cli("push", "files", "--arch", arches, "--registry", f"{reg.host}/ma", "--report",
+                           str(tmp_path / "pushed.json"), env=env)
         ref = f"{reg.host}/ma/{name}:latest"
         raw = json.loads(subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
                                         capture_output=True, text=True, check=True).stdout)
@@ -185,3 +186,14 @@ def test_build_push_and_sign_a_manifest_list(store, tmp_path):
                                     "--allow-insecure-registry", f"{repo}@{digest}"],
                                    capture_output=True, text=True, env=cosign_env, timeout=120)
             assert check.returncode == 0, f"{digest}: {check.stderr}\n{signed.stdout}"
+        # a later CI job fetches the pushed list: every architecture's instance, by digest
+        fresh = new_store("ma-fetch")
+        try:
+            fresh.cli("fetch", "files", "--arch", arches, "--digests", str(tmp_path / "pushed.json"),
+                      "--tls-verify", "false", env=fresh.env(IMAGEFACTORY_RECIPE_PATHS=str(recipes / "files.py")))
+            got = {a: json.loads(subprocess.run(["buildah", *fresh.args(), "inspect", f"localhost/{name}:{tag}"],
+                                                capture_output=True, text=True, check=True).stdout)
+                   ["OCIv1"]["architecture"] for a, tag in ((HOST, "latest"), (FOREIGN, f"latest-{FOREIGN}"))}
+            assert got == {HOST: HOST, FOREIGN: FOREIGN}
+        finally:
+            fresh.destroy()

@@ -69,6 +69,7 @@ def cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
     from rich.markup import escape
 
     from ..buildah import BuildahError
+    from ..multiarch import is_multiarch
     from ..recipe import CATALOGUE
 
     bd = buildah_for(settings)
@@ -79,16 +80,20 @@ def cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
             cls = CATALOGUE.get(target)
             item = staged(args.digests, cls.target_name())
             source = f"{_repository(item['ref'])}@{item['digest']}"
-            try:
-                image_id = bd.pull(source, tls_verify=settings.tls_verify, authfile=settings.authfile)
-            except BuildahError as exc:
-                raise StageError(f"cannot pull {source}: {exc.stderr_tail.strip().splitlines()[-1]}") from None
-            if item.get("image_id") and image_id != item["image_id"]:
-                raise StageError(f"{source} is image {image_id[:12]}, the push report says {item['image_id'][:12]}")
-            bd.tag(image_id, cls.image_ref())
-            done.append({"target": cls.target_name(), "source": source, "image": cls.image_ref(),
-                         "image_id": image_id, "digest": item["digest"]})
-            console.print(f"{cls.image_ref()} ← {source}", highlight=False, markup=False, soft_wrap=True)
+            # a manifest list (several arches): each architecture's instance, under its own tag
+            multi = is_multiarch(settings.build_arches)
+            for arch in settings.build_arches if multi else (None,):
+                try:
+                    image_id = bd.pull(source, tls_verify=settings.tls_verify, authfile=settings.authfile, arch=arch)
+                except BuildahError as exc:
+                    raise StageError(f"cannot pull {source}: {exc.stderr_tail.strip().splitlines()[-1]}") from None
+                if not multi and item.get("image_id") and image_id != item["image_id"]:
+                    raise StageError(f"{source} is image {image_id[:12]}, the push report says "
+                                     f"{item['image_id'][:12]}")
+                bd.tag(image_id, cls.image_ref(arch))
+                done.append({"target": cls.target_name(), "source": source, "image": cls.image_ref(arch),
+                             "image_id": image_id, "digest": item["digest"], **({"arch": arch} if arch else {})})
+                console.print(f"{cls.image_ref(arch)} ← {source}", highlight=False, markup=False, soft_wrap=True)
     except StageError as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         args._report_data["error"] = str(exc)
