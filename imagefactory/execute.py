@@ -9,6 +9,8 @@ listing of the store: every key is found among the cache tags and no container i
 from __future__ import annotations
 
 import fcntl
+import heapq
+import itertools
 import json
 import os
 import signal
@@ -128,7 +130,8 @@ class Executor:
         self._reaped = False
         self.remote: Provider | None = None  # a registry cache, tried after the local store
         self._finished: dict[str, threading.Event] = {}
-        self._slots = threading.BoundedSemaphore(max(1, settings.jobs))
+        self._slots = Slots(max(1, settings.jobs))
+        self._priority: dict[str, int] = {}
         # called with (key, image ID) after every commit: `--cache-to` pushes the entry from here
         self.committed: Callable[[str, str], None] | None = None
         self._platform = None
@@ -172,7 +175,8 @@ class Executor:
         failed: BuildFailed | Exception | None = None
         running: dict[Future, Node] = {}
         self._finished = {n.name: threading.Event() for n in plan.nodes}
-        self._slots = threading.BoundedSemaphore(max(1, self.settings.jobs))
+        self._slots = Slots(max(1, self.settings.jobs))
+        self._priority = waiting_images(plan)
         with ThreadPoolExecutor(max_workers=max(1, len(plan.nodes))) as pool:
             try:
                 while pending or running:
@@ -216,6 +220,9 @@ class Executor:
             results[node.name].status = "skipped"
         if failed is not None:
             raise failed
+
+    def _cancelled(self) -> bool:
+        return bool(self._interrupted) or self.buildah.cancelled
 
     def _stage_image(self, name: str) -> str:
         """Wait until the stage ``name`` is built (holding no job slot); its image ID."""
@@ -263,7 +270,7 @@ class Executor:
                     continue
                 base = self._local(last, node) if last else decision.base
                 last = None
-                with self._slots:
+                with self._slots.held(self._priority.get(node.name, 0), self._cancelled):
                     reply = self._run(node, decision, base, stage_ids, result)
         except StopIteration as done:
             for_children = done.value
@@ -587,6 +594,55 @@ def _interrupts_as_flag(executor: Executor):
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+class Slots:
+    """``--jobs`` containers at once. A freed slot goes to the waiting step of the image the most
+    other images wait for (the critical path: wolfSSL before libuv), not to whoever asked first."""
+
+    def __init__(self, size: int):
+        self._free = size
+        self._cond = threading.Condition()
+        self._waiting: list[tuple[int, int]] = []  # heap of (-priority, arrival)
+        self._arrivals = itertools.count()
+
+    @contextmanager
+    def held(self, priority: int = 0, cancelled: Callable[[], bool] = lambda: False):
+        ticket = (-priority, next(self._arrivals))
+        with self._cond:
+            heapq.heappush(self._waiting, ticket)
+            try:
+                while not (self._free > 0 and self._waiting[0] == ticket):
+                    if cancelled():
+                        raise KeyboardInterrupt
+                    self._cond.wait(0.5)
+            finally:
+                self._waiting.remove(ticket)
+                heapq.heapify(self._waiting)
+                self._cond.notify_all()
+            self._free -= 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._free += 1
+                self._cond.notify_all()
+
+
+def waiting_images(plan: Plan) -> dict[str, int]:
+    """Each image's priority for a free slot: the longest chain of images that wait for it (wolfSentry's
+    stage → wolfSSL's → wolfCLU's → build), then how many images wait for it at all."""
+    children: dict[str, set[str]] = {n.name: set() for n in plan.nodes}
+    for n in plan.nodes:
+        for dep in n.dep_names:
+            children.setdefault(dep, set()).add(n.name)
+    height: dict[str, int] = {}
+    below: dict[str, set[str]] = {}
+    for n in reversed(plan.nodes):  # topological order reversed: children first
+        kids = children.get(n.name, set())
+        height[n.name] = 1 + max((height[c] for c in kids), default=-1)
+        below[n.name] = set(kids).union(*(below[c] for c in kids)) if kids else set()
+    return {name: height[name] * 1000 + len(below[name]) for name in height}
 
 
 def platform_args(arch: str) -> list[str]:

@@ -440,3 +440,47 @@ def test_final_config_and_labels_fold_into_the_last_layer(tiny_store):
     assert len(info["OCIv1"]["rootfs"]["diff_ids"]) == 2 + 1  # busybox base + two steps, no empty layer
     assert info["OCIv1"]["config"]["Cmd"] == ["cat", "/two"]
     assert info["OCIv1"]["config"]["Labels"]["org.opencontainers.image.title"] == Folded.name
+
+
+# --- slots: the critical path first -------------------------------------------------------------
+def test_a_freed_slot_goes_to_the_waiting_step_more_images_wait_for():
+    import threading
+    import time
+
+    from imagefactory.execute import Slots
+
+    slots = Slots(1)
+    order: list[str] = []
+    release = threading.Event()
+
+    def hold() -> None:
+        with slots.held(0):
+            release.wait(10)
+
+    def step(name: str, priority: int) -> None:
+        with slots.held(priority):
+            order.append(name)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    time.sleep(0.1)
+    waiters = []
+    for name, priority in (("libuv", 1001), ("wolfssl", 2002), ("build", 0)):  # arrival order
+        t = threading.Thread(target=step, args=(name, priority))
+        t.start()
+        waiters.append(t)
+        time.sleep(0.1)
+    release.set()
+    for t in [holder, *waiters]:
+        t.join(10)
+    assert order == ["wolfssl", "libuv", "build"]
+
+
+def test_priorities_follow_the_longest_chain_of_waiting_images(tmp_path):
+    from imagefactory.execute import waiting_images
+    from recipes.ocserv import Build
+
+    prio = waiting_images(resolve_graph([Build], _settings(tmp_path)))
+    libs = {name.split("-")[3]: p for name, p in prio.items() if name.startswith("ocserv-modern-lib-")
+            and name != "ocserv-modern-lib-toolchain"}
+    assert libs["wolfsentry"] > libs["wolfssl"] > libs["libuv"] == libs["cjson"] > prio["ocserv-modern-build"]
