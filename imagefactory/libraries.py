@@ -198,10 +198,13 @@ class BuildLibrary(Step):
         """The architecture cross-compiled for; None for a native build."""
         return get_arch(self.cross) if self.cross else None
 
-    def library_profile(self) -> Profile:
-        """The flags this step compiles with: the spec's extras, and the target's architecture flags."""
+    def library_profile(self, image_arch: str | None = None) -> Profile:
+        """The flags this step compiles with: the spec's extras, and the architecture flags of what it
+        compiles for (the cross target, else the image's own architecture, e.g. an arm64 image
+        compiling natively under qemu)."""
         profile = self.spec.profile_for(self.profile)
-        return profile.for_arch(self.cross) if self.cross else profile
+        arch = self.cross or image_arch
+        return profile.for_arch(arch) if arch else profile
 
     def prepare(self, ctx: PrepareContext) -> BuildLibrary:
         """Fetch (cache first, so a warm cache needs no network) and verify the archive; check the patches."""
@@ -219,7 +222,7 @@ class BuildLibrary(Step):
         archive, patches = self.archive, self.patch_digests
         if archive is None:
             raise ctx.fail(f"BuildLibrary({self.spec.name}) was rendered before it was prepared")
-        profile = self.library_profile()
+        profile = self.library_profile(ctx.arch)
         script = build_script(self.spec, archive, [(p.name, sha) for p, sha in patches], profile, self.target)
         if self.keep_tree:
             script += "\n" + keep_tree_script(self.keep_tree)

@@ -279,3 +279,17 @@ def test_cross_built_libraries_are_arm64_verified_and_run_under_qemu(arm64_libs,
                                    "LD_LIBRARY_PATH": str(root / "usr/local/lib")})
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.startswith("arm64 ok: cjson 1.7.19, llhttp 9.4.3"), proc.stdout
+
+
+def test_a_native_build_in_a_foreign_image_compiles_with_that_architectures_flags(ctx):
+    """Compiling inside an arm64 image (under qemu, no cross toolchain) must not pass x86 flags to gcc."""
+    from imagefactory.platforms import get_platform
+    from imagefactory.steps import RenderContext
+
+    step = BuildLibrary(CJSON, RELEASE).prepare(ctx.prep)
+    arm64 = step.render(RenderContext(ctx.settings, get_platform("debian"), ctx.prep.recipe, None, "arm64"))
+    script = arm64.calls[0].argv[-1]
+    assert "-mbranch-protection=standard" in script and "-fcf-protection" not in script
+    assert "export CC=" not in script and "--host=" not in script  # native to that image, not cross
+    native = step.render(RenderContext(ctx.settings, get_platform("debian"), ctx.prep.recipe, None, host_arch().name))
+    assert native.calls[0].argv[-1] == _script(ctx, BuildLibrary(CJSON, RELEASE))
