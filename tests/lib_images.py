@@ -25,10 +25,8 @@ from recipes.libs import CJSON, LLHTTP
 REPO = Path(__file__).resolve().parents[1]
 REVISION: dict[str, str] = {}  # the checkout's git HEAD when this worker executed the plan
 
-CONSUMER = r"""
-d=$(mktemp -d); cd "$d"
-cat > t.c <<'EOF'
-#include <string.h>
+# A program using cJSON and llhttp together; ``{success}`` is what it prints when both work.
+CONSUMER_C = r"""#include <string.h>
 #include <stdio.h>
 #include <cjson/cJSON.h>
 #include <llhttp.h>
@@ -41,10 +39,21 @@ int main(void) {
   if (llhttp_execute(&parser, req, strlen(req)) != HPE_OK) return 1;
   if (!o || cJSON_GetObjectItem(o, "a")->valueint != 42) return 2;
   cJSON_Delete(o);
-  puts("cjson+llhttp ok");
+  SUCCESS
   return 0;
 }
-EOF
+"""
+
+
+def consumer_program(success: str) -> str:
+    """:data:`CONSUMER_C` with the line that prints what it proved."""
+    return CONSUMER_C.replace("SUCCESS", success)
+
+
+CONSUMER = r"""
+d=$(mktemp -d); cd "$d"
+cat > t.c <<'EOF'
+""" + consumer_program('puts("cjson+llhttp ok");') + r"""EOF
 cc $(pkg-config --cflags libcjson llhttp) t.c -o t $(pkg-config --libs libcjson llhttp)
 ./t
 cd / && rm -rf "$d"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import require_tool, run_lock, shared_store
+from lib_images import consumer_program
 from packageurl import PackageURL
 from test_libraries import _Ctx
 
@@ -140,24 +141,8 @@ def test_profile_for_arch_swaps_only_the_control_flow_flags():
 CROSS_CHECK = r"""
 d=$(mktemp -d); cd "$d"
 cat > t.c <<'EOF'
-#include <stdio.h>
-#include <string.h>
-#include <cjson/cJSON.h>
-#include <llhttp.h>
-int main(void) {
-  llhttp_t parser; llhttp_settings_t settings;
-  const char *req = "GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
-  cJSON *o = cJSON_Parse("{\"a\": 42}");
-  llhttp_settings_init(&settings);
-  llhttp_init(&parser, HTTP_REQUEST, &settings);
-  if (llhttp_execute(&parser, req, strlen(req)) != HPE_OK) return 1;
-  if (!o || cJSON_GetObjectItem(o, "a")->valueint != 42) return 2;
-  cJSON_Delete(o);
-  printf("arm64 ok: cjson %s, llhttp %d.%d.%d\n", cJSON_Version(), LLHTTP_VERSION_MAJOR,
-         LLHTTP_VERSION_MINOR, LLHTTP_VERSION_PATCH);
-  return 0;
-}
-EOF
+""" + consumer_program(r'''printf("arm64 ok: cjson %s, llhttp %d.%d.%d\n", cJSON_Version(), LLHTTP_VERSION_MAJOR,
+         LLHTTP_VERSION_MINOR, LLHTTP_VERSION_PATCH);''') + r"""EOF
 aarch64-linux-gnu-gcc $CFLAGS $(pkg-config --cflags libcjson llhttp) t.c -o cross-check $EXE_LDFLAGS $LDFLAGS \
   $(pkg-config --libs libcjson llhttp)
 aarch64-linux-gnu-strip --strip-unneeded cross-check
