@@ -388,17 +388,23 @@ def check_nx_stack(elf: ElfFacts) -> CheckResult:
     return CheckResult("nx-stack", Status.PASS, "non-executable stack")
 
 
+def _marking(check: str, features: int | None, bits: tuple[tuple[int, str], tuple[int, str]],
+             unmarked: str) -> CheckResult:
+    """PASS with both feature bits marked, WARN with one, INFO with none (report-only)."""
+    marked = [n for bit, n in bits if (features or 0) & bit]
+    if len(marked) == 2:
+        return CheckResult(check, Status.PASS, f"{marked[0]} and {marked[1]} marked")
+    if marked:
+        return CheckResult(check, Status.WARN, f"only {marked[0]} marked")
+    return CheckResult(check, Status.INFO, unmarked)
+
+
 def check_cet(elf: ElfFacts) -> CheckResult:
     """Report-only: the linker drops the CET marking when crt files or libc lack it (Debian 13 does)."""
     if elf.machine not in ("EM_X86_64", "EM_386"):
         return CheckResult("cet", Status.INFO, f"not applicable to {elf.machine}")
-    features = elf.x86_features or 0
-    marked = [n for bit, n in ((_X86_IBT, "IBT"), (_X86_SHSTK, "SHSTK")) if features & bit]
-    if len(marked) == 2:
-        return CheckResult("cet", Status.PASS, "IBT and SHSTK marked")
-    if marked:
-        return CheckResult("cet", Status.WARN, f"only {marked[0]} marked")
-    return CheckResult("cet", Status.INFO, "no IBT/SHSTK marking (toolchain crt/libc lack it; report only)")
+    return _marking("cet", elf.x86_features, ((_X86_IBT, "IBT"), (_X86_SHSTK, "SHSTK")),
+                    "no IBT/SHSTK marking (toolchain crt/libc lack it; report only)")
 
 
 def check_bti_pac(elf: ElfFacts) -> CheckResult:
@@ -410,13 +416,8 @@ def check_bti_pac(elf: ElfFacts) -> CheckResult:
     """
     if elf.machine != "EM_AARCH64":
         return CheckResult("bti-pac", Status.INFO, f"not applicable to {elf.machine}")
-    features = elf.aarch64_features or 0
-    marked = [n for bit, n in ((_AARCH64_BTI, "BTI"), (_AARCH64_PAC, "PAC")) if features & bit]
-    if len(marked) == 2:
-        return CheckResult("bti-pac", Status.PASS, "BTI and PAC marked")
-    if marked:
-        return CheckResult("bti-pac", Status.WARN, f"only {marked[0]} marked")
-    return CheckResult("bti-pac", Status.INFO, "no BTI/PAC marking (toolchain crt/libc or an input lack it; report only)")
+    return _marking("bti-pac", elf.aarch64_features, ((_AARCH64_BTI, "BTI"), (_AARCH64_PAC, "PAC")),
+                    "no BTI/PAC marking (toolchain crt/libc or an input lack it; report only)")
 
 
 def control_flow_check(elf: ElfFacts) -> CheckResult:
