@@ -94,10 +94,16 @@ class _Counters:
 # buildah's own retry loop gives up on HTTP 5xx; cut it to one try so RetryPolicy is the one in force.
 _BUILDAH_RETRY_ARGS = ("--retry", "1", "--retry-delay", "500ms")
 
+
+def http_status(*codes: str) -> str:
+    """A regex for HTTP status codes as words: never part of a port (``127.0.0.1:40412``), digest or time."""
+    return r"(?<![\w.:])(?:" + "|".join(codes) + r")(?![\w:])"
+
+
 _PERMANENT = re.compile(r"unauthori[sz]ed|authentication required|denied|manifest unknown|name unknown|"
-                        r"not found|404|x509|certificate|invalid reference", re.I)
+                        r"not found|" + http_status("404") + r"|x509|certificate|invalid reference", re.I)
 _TRANSIENT = re.compile(r"connection refused|connection reset|broken pipe|i/o timeout|timed? ?out|\bEOF\b|"
-                        r"status code from registry 5\d\d|\b50[0234]\b|\b429\b|too many requests|"
+                        r"status code from registry 5\d\d|" + http_status("50[0234]", "429") + r"|too many requests|"
                         r"temporary failure|network is unreachable|no such host|TLS handshake", re.I)
 
 

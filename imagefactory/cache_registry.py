@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ._process import die_with_parent
-from .buildah import BuildahError, transient_text
+from .buildah import BuildahError, http_status, transient_text
 from .retry import RetryPolicy
 
 from .walk import Found, cache_ref
@@ -47,11 +47,11 @@ INDEX_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docke
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _REPOSITORY = re.compile(r"(?P<host>[A-Za-z0-9.-]+(?::\d+)?|\[[0-9a-fA-F:]+\](?::\d+)?)"
                          r"/(?P<path>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)")
-_MISSING = re.compile(r"manifest unknown|name unknown|not found|404", re.I)
-_AUTH = re.compile(r"unauthori[sz]ed|authentication required|denied|401|403", re.I)
+_MISSING = re.compile(r"manifest unknown|name unknown|not found|" + http_status("404"), re.I)
+_AUTH = re.compile(r"unauthori[sz]ed|authentication required|denied|" + http_status("401", "403"), re.I)
 _TLS = re.compile(r"x509|certificate|tls:", re.I)
 _PLAIN_HTTP = re.compile(r"server gave HTTP response to HTTPS client", re.I)
-_DELETE_REFUSED = re.compile(r"405|method not allowed|unsupported|delet\w* (is )?disabled", re.I)
+_DELETE_REFUSED = re.compile(http_status("405") + r"|method not allowed|unsupported|delet\w* (is )?disabled", re.I)
 
 log = logging.getLogger(__name__)
 

@@ -189,6 +189,20 @@ def test_slow_registry_is_bounded_by_the_timeout():
 
 
 @pytest.mark.buildah
+@pytest.mark.parametrize("port", ["40412", "34041"])
+def test_a_port_with_404_in_it_is_not_a_missing_entry(tmp_path, port):
+    """skopeo's timeout text names the port; ``:40412`` once read as HTTP 404 (a silent miss, no warning)."""
+    skopeo = tmp_path / "skopeo"
+    skopeo.write_text("#!/bin/sh\necho 'time=\"2026-01-01T00:00:00Z\" level=fatal msg=\"pinging container registry "
+                      f"127.0.0.1:{port}: Get \\\"http://127.0.0.1:{port}/v2/\\\": context deadline exceeded\"' >&2\nexit 1\n")
+    skopeo.chmod(0o755)
+    warnings: list[str] = []
+    repo = f"127.0.0.1:{port}/team/cache"
+    cache = RegistryCache([repo], tls_verify=False, retry=FAST, warn=warnings.append, timeout=2, skopeo=str(skopeo))
+    assert cache.lookup(KEY_A) is None
+    assert len(warnings) == 1 and "unreachable" in warnings[0] and repo in warnings[0]
+
+
 def test_transient_registry_errors_are_retried(source, tmp_path):
     store, entry_id = source
     with local_registry(tmp_path) as reg:

@@ -54,6 +54,10 @@ def test_owned_names_tell_live_runs_from_dead_ones():
     ("manifest unknown: manifest unknown", False),
     ("x509: certificate signed by unknown authority", False),
     ("something nobody has seen before", False),
+    # a port, digest or time that happens to contain 404/401 is not an HTTP status
+    ('Get "http://127.0.0.1:40412/v2/": dial tcp 127.0.0.1:40412: i/o timeout', True),
+    ("reading blob sha256:0a404b: connection reset by peer", True),
+    ("received unexpected HTTP status: 404 Not Found", False),
 ])
 def test_registry_errors_are_classified(tail, transient):
     assert is_transient(BuildahError(["buildah", "pull"], 125, tail)) is transient
