@@ -9,18 +9,18 @@ seam to swap (a fake or another engine) without touching recipes or the planner.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
 import signal
+import subprocess
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import sh
 
 from ._process import die_with_parent, pid_alive
 from .retry import RetryPolicy
@@ -130,7 +130,7 @@ class Buildah:
         self.binary = binary
         self.retry = retry or RetryPolicy()
         self.counters = _Counters()
-        self._running: dict[int, sh.RunningCommand] = {}
+        self._running: dict[int, subprocess.Popen] = {}
         self._lock = threading.Lock()
         self._cancelled = threading.Event()
 
@@ -150,51 +150,62 @@ class Buildah:
 
     def _spawn(self, argv: list[str], *, log: Path | None = None, env: dict | None = None, cleanup: bool = False,
                redactions: tuple[str, ...] = ()) -> str:
+        """Run one command in its own session (so cancel() can kill its whole group), killed if we die.
+
+        With a log, stdout and stderr go to the file (through the redaction filter when secrets are
+        in play); without one, stdout is returned and stderr's tail goes into the error.
+        """
         if self._cancelled.is_set() and not cleanup:
             raise Cancelled("build cancelled")
         with self._lock:
             self.counters.calls.append(argv)
-        kwargs: dict = {"_bg": True, "_bg_exc": False, "_new_session": True, "_env": env or self._env(),
-                        "_preexec_fn": die_with_parent}
         logf = None
         if log is not None:
             log.parent.mkdir(parents=True, exist_ok=True)
             logf = open(log, "ab", buffering=0)
             logf.write(("$ " + " ".join(argv) + "\n").encode())
-            if redactions:  # scrub secret values before a byte reaches the log file
-                def scrub(chunk):  # one argument: sh passes only the chunk
-                    text = chunk if isinstance(chunk, str) else chunk.decode("utf-8", "replace")
-                    logf.write(redact(text, redactions).encode())
-
-                kwargs.update(_out=scrub, _err_to_out=True)
-            else:
-                kwargs.update(_out=logf, _err_to_out=True)
         try:
-            proc = sh.Command(argv[0])(*argv[1:], **kwargs)
+            try:
+                proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE if logf is None or redactions else logf,
+                    stderr=subprocess.STDOUT if logf is not None else subprocess.PIPE,
+                    env=env or self._env(), start_new_session=True, preexec_fn=die_with_parent)
+            except FileNotFoundError:
+                raise BuildahError(argv, 127, f"{argv[0]}: command not found (run ci/setup)", log) from None
             with self._lock:  # cancel() snapshots under this lock: it sees this process, or we see its flag
                 self._running[id(proc)] = proc
                 late = self._cancelled.is_set() and not cleanup
             if late:
                 _kill_group(proc.pid)
+            out = err = b""
             try:
-                proc.wait()
+                if logf is None:
+                    out, err = proc.communicate()
+                elif redactions:  # scrub secret values before a byte reaches the log file
+                    for line in proc.stdout:
+                        logf.write(redact(line.decode("utf-8", "replace"), redactions).encode())
+                    proc.wait()
+                else:
+                    proc.wait()
+            except BaseException:  # Ctrl-C or an error while waiting: leave nothing running
+                if proc.poll() is None:
+                    _kill_group(proc.pid)
+                    proc.wait()
+                raise
             finally:
                 with self._lock:
                     self._running.pop(id(proc), None)
-            return "" if log is not None else str(proc.stdout, "utf-8", "replace")
-        except sh.ErrorReturnCode as exc:
+            if proc.returncode == 0:
+                return "" if logf is not None else out.decode("utf-8", "replace")
             if self._cancelled.is_set() and not cleanup:
-                raise Cancelled("build cancelled") from None
-            if log is not None:
-                logf.flush()
+                raise Cancelled("build cancelled")
+            if logf is not None:
                 tail = tail_of(log)
             else:
-                tail = "\n".join(exc.stderr.decode("utf-8", "replace").splitlines()[-TAIL_LINES:])
-            raise BuildahError(argv, exc.exit_code, redact(tail, redactions), log) from None
-        except sh.SignalException:
-            if self._cancelled.is_set():
-                raise Cancelled("build cancelled") from None
-            raise
+                tail = "\n".join(err.decode("utf-8", "replace").splitlines()[-TAIL_LINES:])
+            code = proc.returncode if proc.returncode > 0 else 128 - proc.returncode  # killed: 128+signal
+            raise BuildahError(argv, code, redact(tail, redactions), log)
         finally:
             if logf:
                 logf.close()
@@ -411,8 +422,9 @@ class Buildah:
         except BaseException:
             try:
                 self.remove_container(ctr.name)
-            except BuildahError:
-                pass  # keep the error that matters; the next run removes the container (its owner is gone)
+            except BuildahError as exc:  # keep the error that matters; the next run removes it (its owner is gone)
+                logging.getLogger(__name__).warning("could not remove container %s: %s", ctr.name,
+                                                    exc.stderr_tail.strip().splitlines()[-1:] or exc)
             raise
         self.remove_container(ctr.name)
 
@@ -455,22 +467,34 @@ class Buildah:
             self._call("umount", name, cleanup=True)
         except BuildahError:
             pass
-        try:
-            self._call("rm", name, cleanup=True)
-        except BuildahError as exc:
-            if "does not exist" in exc.stderr_tail or "no such" in exc.stderr_tail.lower():
+        for attempt in range(3):
+            try:
+                self._call("rm", name, cleanup=True)
                 return
-            if "no space left on device" not in exc.stderr_tail.lower() or not self._empty_writable_layer(name):
-                raise
-            self._call("rm", name, cleanup=True)  # buildah needs a little room for its own bookkeeping
+            except BuildahError as exc:
+                if "does not exist" in exc.stderr_tail or "no such" in exc.stderr_tail.lower():
+                    return
+                if attempt == 2 or not self._store_full(exc):
+                    raise
+                # c/storage rewrites its layer list before it deletes a layer: on a full disk make room
+                # by emptying the container's own writable layer (it is being deleted anyway), then retry
+                self._empty_writable_layer(name)
+
+    def _store_full(self, exc: BuildahError) -> bool:
+        if "no space left on device" in exc.stderr_tail.lower():
+            return True
+        root = self.storage.root
+        try:
+            return bool(root) and shutil.disk_usage(root).free < 4_000_000
+        except OSError:
+            return False
 
     def _empty_writable_layer(self, name: str) -> bool:
-        """Last resort on a full disk: empty the container's own writable layer (it is being deleted
-        anyway) so `buildah rm` has room to rewrite its metadata. Returns whether anything was freed."""
+        """Last resort on a full disk: empty the container's own writable layer. Returns whether a
+        layer was found; its files belong to subordinate IDs when rootless, so that goes through
+        `buildah unshare`."""
         from . import rootless
 
-        if rootless.needs_userns():
-            return False  # the layer's files belong to subordinate IDs: not ours to delete from here
         root = Path(self.storage.root) if self.storage.root else (
             rootless.default_graphroot() if rootless.is_rootless() else Path("/var/lib/containers/storage"))
         for driver in ([self.storage.driver] if self.storage.driver else ["overlay", "vfs"]):
@@ -484,7 +508,13 @@ class Buildah:
             writable = root / "overlay" / layer / "diff" if driver == "overlay" else root / "vfs" / "dir" / layer
             if not writable.is_dir():
                 return False
-            empty_folder(writable)
+            if rootless.needs_userns():
+                try:
+                    self._call("unshare", "find", str(writable), "-mindepth", "1", "-delete", cleanup=True)
+                except BuildahError:
+                    return False
+            else:
+                empty_folder(writable)
             return True
         return False
 

@@ -22,8 +22,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import sh
-
 from . import preflight
 from .buildah import Buildah, BuildahError, Cancelled, Container, ImageRecord, Mount, tail_of
 from .config import Settings
@@ -430,8 +428,11 @@ class Executor:
                 log.parent.mkdir(parents=True, exist_ok=True)
                 try:
                     HOST_ACTIONS[call.action](call, ctr, log, self.settings)
-                except sh.ErrorReturnCode as exc:
-                    raise BuildahError([call.description], exc.exit_code, tail_of(log), log) from None
+                except Exception as exc:  # a host tool the action ran itself (subprocess, sh) failed
+                    code = getattr(exc, "exit_code", None) or getattr(exc, "returncode", None)
+                    if code is None and not isinstance(exc, OSError):
+                        raise
+                    raise BuildahError([call.description], code or 127, tail_of(log) or str(exc), log) from None
             else:  # pragma: no cover
                 raise TypeError(call)
         except BuildahError as exc:
