@@ -56,7 +56,15 @@ def test_list_imports_only_what_listing_needs():
     assert loaded(names, ("tenacity", "elftools", "http.client", "imagefactory.execute",
                           "imagefactory.cache_registry", "imagefactory.ui", "imagefactory.describe",
                           "imagefactory.verify", "imagefactory.sign", "imagefactory.quadlet",
-                          "imagefactory.reproduce", "rich.live")) == []
+                          "imagefactory.reproduce", "rich.live", "sh", "asyncio")) == []
+
+
+def test_plan_runs_buildah_without_sh():
+    """Planning asks buildah for the store's images (as a no-op build does) through subprocess:
+    `sh` (asyncio, importlib.metadata) costs about 50 ms of start-up and 50 ms per short call."""
+    names, proc = imported("plan", "ci", "--offline")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "imagefactory.buildah" in names and loaded(names, ("sh", "asyncio")) == []
 
 
 @pytest.mark.parametrize(("command", "needed"), [("build", []), ("sign", []), ("quadlet", []),
