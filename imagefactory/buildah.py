@@ -417,16 +417,17 @@ class Buildah:
     def working_container(self, image: str | None, *, name_hint: str = "work") -> Iterator[Container]:
         """A container that is removed however the block ends (error, Ctrl-C, success)."""
         ctr = self.from_image(image, name_hint=name_hint) if image else self.from_scratch(name_hint=name_hint)
+        layer = self._container_layer(ctr.name)
         try:
             yield ctr
         except BaseException:
             try:
-                self.remove_container(ctr.name)
+                self.remove_container(ctr.name, layer=layer)
             except BuildahError as exc:  # keep the error that matters; the next run removes it (its owner is gone)
-                logging.getLogger(__name__).warning("could not remove container %s: %s", ctr.name,
-                                                    exc.stderr_tail.strip().splitlines()[-1:] or exc)
+                last = (exc.stderr_tail.strip().splitlines() or [str(exc)])[-1]
+                logging.getLogger(__name__).warning("could not remove container %s: %s", ctr.name, last)
             raise
-        self.remove_container(ctr.name)
+        self.remove_container(ctr.name, layer=layer)
 
     def containers(self) -> list[dict]:
         out = self._call("containers", "--json", "--all")
@@ -461,8 +462,13 @@ class Buildah:
                     raise
         return containers, temps
 
-    def remove_container(self, name: str) -> None:
-        """Remove even after a cancel: cleanup must never be skipped."""
+    def remove_container(self, name: str, *, layer: str | None = None) -> None:
+        """Remove even after a cancel: cleanup must never be skipped.
+
+        ``layer`` is the container's writable layer as it was when the container was made: buildah
+        1.28 can lose the container record when a `run` fails on a full disk (a panic in its
+        clean-up) and leave that layer behind, holding everything the step wrote.
+        """
         try:
             self._call("umount", name, cleanup=True)
         except BuildahError:
@@ -472,13 +478,18 @@ class Buildah:
                 self._call("rm", name, cleanup=True)
                 return
             except BuildahError as exc:
-                if "does not exist" in exc.stderr_tail or "no such" in exc.stderr_tail.lower():
+                tail = exc.stderr_tail.lower()
+                if "does not exist" in tail or "no such" in tail or "not known" in tail:
+                    if layer:
+                        self._free_orphan_layer(layer, name)
                     return
                 if attempt == 2 or not self._store_full(exc):
                     raise
                 # c/storage rewrites its layer list before it deletes a layer: on a full disk make room
                 # by emptying the container's own writable layer (it is being deleted anyway), then retry
-                self._empty_writable_layer(name)
+                found = self._container_layer(name)
+                if found:
+                    self._empty_layer(found)
 
     def _store_full(self, exc: BuildahError) -> bool:
         if "no space left on device" in exc.stderr_tail.lower():
@@ -489,34 +500,55 @@ class Buildah:
         except OSError:
             return False
 
-    def _empty_writable_layer(self, name: str) -> bool:
-        """Last resort on a full disk: empty the container's own writable layer. Returns whether a
-        layer was found; its files belong to subordinate IDs when rootless, so that goes through
-        `buildah unshare`."""
+    # c/storage's own records, read (never written) to clean up after buildah on a full disk
+    def _graphroot(self) -> Path:
         from . import rootless
 
-        root = Path(self.storage.root) if self.storage.root else (
-            rootless.default_graphroot() if rootless.is_rootless() else Path("/var/lib/containers/storage"))
+        if self.storage.root:
+            return Path(self.storage.root)
+        return rootless.default_graphroot() if rootless.is_rootless() else Path("/var/lib/containers/storage")
+
+    def _records(self, kind: str) -> list[dict]:
+        """``containers`` or ``layers``: the entries of the store's JSON file (empty if unreadable)."""
         for driver in ([self.storage.driver] if self.storage.driver else ["overlay", "vfs"]):
             try:
-                entries = json.loads((root / f"{driver}-containers" / "containers.json").read_text())
+                return json.loads((self._graphroot() / f"{driver}-{kind}" / f"{kind}.json").read_text())
             except (OSError, ValueError):
                 continue
-            layer = next((e.get("layer") for e in entries if name in (e.get("names") or [])), None)
-            if not layer:
-                continue
-            writable = root / "overlay" / layer / "diff" if driver == "overlay" else root / "vfs" / "dir" / layer
-            if not writable.is_dir():
+        return []
+
+    def _container_layer(self, name: str) -> str | None:
+        return next((e.get("layer") for e in self._records("containers") if name in (e.get("names") or [])), None)
+
+    def _free_orphan_layer(self, layer: str, name: str) -> None:
+        """The container is gone but its layer is still there and nothing uses it: empty it."""
+        if not any(e.get("id") == layer for e in self._records("layers")):
+            return
+        if any(e.get("layer") == layer for e in self._records("containers")):
+            return
+        if self._empty_layer(layer):
+            logging.getLogger(__name__).warning(
+                "buildah lost container %s but kept its layer %s: emptied it to free the space "
+                "(an empty layer record stays in the store)", name, layer[:12])
+
+    def _empty_layer(self, layer: str) -> bool:
+        """Delete a writable layer's files (the container is being deleted anyway). Its files belong to
+        subordinate IDs when rootless, so that goes through `buildah unshare`."""
+        from . import rootless
+
+        root = self._graphroot()
+        writable = next((d for d in (root / "overlay" / layer / "diff", root / "vfs" / "dir" / layer) if d.is_dir()),
+                        None)
+        if writable is None:
+            return False
+        if rootless.needs_userns():
+            try:
+                self._call("unshare", "find", str(writable), "-mindepth", "1", "-delete", cleanup=True)
+            except BuildahError:
                 return False
-            if rootless.needs_userns():
-                try:
-                    self._call("unshare", "find", str(writable), "-mindepth", "1", "-delete", cleanup=True)
-                except BuildahError:
-                    return False
-            else:
-                empty_folder(writable)
-            return True
-        return False
+        else:
+            empty_folder(writable)
+        return True
 
     def run(self, ctr: str, argv: list[str], *, env: dict[str, str] | None = None, user: str | None = None,
             workdir: str | None = None, mounts: Iterable[Mount] = (), network: str | None = None,
