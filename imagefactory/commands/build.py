@@ -53,14 +53,13 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
 
 @command("plan", "print every step, its cache status and the buildah calls, without building", _plan_args)
 def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
-    from ..cache_registry import RegistryProvider
     from ..describe import describe_plan
 
     cache = None if settings.no_cache or args.offline else registry_cache(settings, lambda m: err_console.print(
         f"[yellow]warning:[/] {m}", highlight=False, markup=False, soft_wrap=True))
     # lookups only: `plan` shows which steps would come from the registry
     data = describe_plan(args.targets, settings, read_store=not args.offline, progress=_progress_line,
-                         remote=RegistryProvider(cache) if cache is not None else None)
+                         remote=_provider(cache))
     args._report_data = {"plan": data}
     if args.json:
         print(json.dumps(data, indent=2))
@@ -118,7 +117,6 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_build(targets: list[str], settings: Settings, verbose: bool = False) -> tuple[dict, int]:
-    from ..cache_registry import RegistryProvider
     from ..execute import BuildFailed, Executor
     from ..plan import build_plan
     from ..ui import RichReporter
@@ -131,7 +129,7 @@ def run_build(targets: list[str], settings: Settings, verbose: bool = False) -> 
     bd = buildah_for(settings)
     executor = Executor(settings, bd, reporter)
     if cache is not None:
-        executor.remote = RegistryProvider(cache)
+        executor.remote = _provider(cache)
         if cache.to_repo:
             executor.committed = lambda key, image_id: cache.push_async(key, image_id, bd)
     try:
@@ -159,8 +157,18 @@ def run_build(targets: list[str], settings: Settings, verbose: bool = False) -> 
     return data, EXIT_OK if result.ok else EXIT_FAIL
 
 
+def _provider(cache: RegistryCache | None):
+    if cache is None:
+        return None
+    from ..cache_registry import RegistryProvider
+
+    return RegistryProvider(cache)
+
+
 def registry_cache(settings: Settings, warn=None) -> RegistryCache | None:
     """The registry step cache the settings ask for (--cache-from/--cache-to), or None."""
+    if not settings.cache_from and not settings.cache_to:
+        return None  # the common case pays no import
     from ..cache_registry import RegistryCache
 
     return RegistryCache.from_settings(settings, warn=warn)
