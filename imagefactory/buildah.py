@@ -191,7 +191,11 @@ class Buildah:
             except BaseException:  # Ctrl-C or an error while waiting: leave nothing running
                 if proc.poll() is None:
                     _kill_group(proc.pid)
-                    proc.wait()
+                    try:
+                        proc.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        _kill_group(proc.pid, signal.SIGKILL)
+                        proc.wait()
                 raise
             finally:
                 with self._lock:
@@ -749,9 +753,9 @@ def _clean_env() -> dict[str, str]:
     return env
 
 
-def _kill_group(pid: int) -> None:
+def _kill_group(pid: int, sig: int = signal.SIGTERM) -> None:
     try:
-        os.killpg(pid, signal.SIGTERM)
+        os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
 
