@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from .storage import StorageOptions
 
 ENV_PREFIX = "IMAGEFACTORY_"

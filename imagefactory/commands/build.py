@@ -158,6 +158,7 @@ def run_build(targets: list[str], settings: Settings, verbose: bool = False) -> 
 
 
 def _provider(cache: RegistryCache | None):
+    """The registry cache as the walk's provider (imported only when a cache is configured)."""
     if cache is None:
         return None
     from ..cache_registry import RegistryProvider
